@@ -1,0 +1,3 @@
+"""docconv: documents to editable Markdown with DeepSeek-OCR, locally."""
+
+__version__ = "0.1.0"

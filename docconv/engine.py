@@ -1,0 +1,115 @@
+"""The one interface between docconv's document pipeline and an OCR model.
+
+An engine turns page images into raw model text. Everything about files, pages,
+modes and outputs stays on the docconv side; everything about tensors stays in the
+engine. A new engine (vLLM, a remote server, DeepSeek-OCR-2) is one new module that
+implements :class:`Engine` and registers itself in :data:`ENGINE_FACTORIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from PIL import Image
+
+StopReason = Literal["eos", "max_tokens"]
+
+#: Resolution modes in increasing cost (vision tokens). ``auto`` is resolved by docconv, never sent here.
+MODES: tuple[str, ...] = ("tiny", "small", "base", "large", "gundam", "gundam-master")
+
+
+class EngineError(RuntimeError):
+    """The engine could not start: missing or broken weights, not enough memory, bad device."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to build an engine. ``model`` is a hub id or a local directory."""
+
+    model: str
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    quant: str = "auto"  # auto | none | 8bit | 4bit
+    attn: str = "auto"  # auto | sdpa | flash
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    offline: bool = False
+    max_tiles: int = 9
+
+
+@dataclass(frozen=True)
+class PageJob:
+    """One page image to read. ``image`` is RGB with orientation already applied."""
+
+    image: Image.Image
+    mode: str
+    prompt: str  # the full prompt, including the leading "<image>\n"
+    max_new_tokens: int = 8192
+    ngram_size: int = 30
+    ngram_window: int = 90
+
+
+@dataclass(frozen=True)
+class VisionBudget:
+    """Vision tokens a page costs in one mode.
+
+    ``tokens`` is the paper's count (no newline/separator tokens), ``valid`` excludes
+    letterbox padding (paper §11), ``sequence`` is what the decoder actually attends over.
+    """
+
+    tokens: int
+    valid: int
+    sequence: int
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """Raw model text for one page (special tokens kept, final EOS removed)."""
+
+    text: str
+    stop_reason: StopReason
+    vision: VisionBudget
+    text_tokens: int  # generated tokens, EOS included when generation stopped on it
+    seconds: float
+
+
+#: Called once per generated token: (index of the job in the batch, tokens generated so far for it).
+TokenCallback = Callable[[int, int], None]
+
+
+class Engine(Protocol):
+    """What docconv needs from a model."""
+
+    name: str
+    device: str  # the device actually used, e.g. "cpu", "cuda:0"
+    dtype: str  # e.g. "bfloat16"
+    quant: str  # "none" | "8bit" | "4bit"
+
+    def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:
+        """Vision tokens a page of this size costs in ``mode`` (no model run)."""
+        ...
+
+    def count_text_tokens(self, text: str) -> int:
+        """How many decoder tokens ``text`` is (used to estimate the compression ratio)."""
+        ...
+
+    def generate(self, jobs: Sequence[PageJob], on_token: TokenCallback | None = None) -> list[EngineOutput]:
+        """Read several pages in one batch; outputs are in the order of ``jobs``."""
+        ...
+
+
+EngineFactory = Callable[[EngineOptions], Engine]
+
+#: name -> factory. Engines register themselves on import (see docconv.deepseek_engine).
+ENGINE_FACTORIES: dict[str, EngineFactory] = {}
+
+
+def create_engine(options: EngineOptions, kind: str = "deepseek-ocr") -> Engine:
+    """Build the engine ``kind``; raises :class:`EngineError` when it cannot start."""
+    if kind not in ENGINE_FACTORIES:
+        import docconv.deepseek_engine  # noqa: F401  (registers the default engine)
+    try:
+        factory = ENGINE_FACTORIES[kind]
+    except KeyError:
+        raise EngineError(f"unknown engine {kind!r}; known: {', '.join(sorted(ENGINE_FACTORIES))}") from None
+    return factory(options)

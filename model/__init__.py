@@ -1,0 +1,1 @@
+"""DeepSeek-OCR (arXiv 2510.18234) as a native transformers model: config, model, processor, generation."""
