@@ -1,0 +1,201 @@
+"""SAM-ViT-B encoder with the 16x token compressor (DeepEncoder's high-resolution half).
+
+Windowed attention (14x14) in most blocks and global attention in a few keeps activation
+memory low at 1024-1280 px; the neck and two stride-2 convolutions then cut the token count
+16x before the dense CLIP half. Parameter names follow the official checkpoint
+(``model.sam_model.*``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration import SamConfig
+
+#: Attention-bias elements materialised at once in a global block; larger maps are processed
+#: in chunks of query rows (identical result per row, bounded memory at 1280 px).
+_MAX_BIAS_ELEMENTS = 1 << 25
+
+
+def resize_abs_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1, G0, G0, C) table -> (1, grid, grid, C); bicubic + antialias in float32 as the reference."""
+    if pos_embed.shape[1] == grid:
+        return pos_embed
+    table = pos_embed.permute(0, 3, 1, 2).float()
+    table = F.interpolate(table, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
+    return table.to(pos_embed.dtype).permute(0, 2, 3, 1)
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative position embeddings (q_size, k_size, C), the table linearly resized when needed."""
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        resized = F.interpolate(
+            rel_pos.float().reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear"
+        )
+        rel_pos = resized.to(rel_pos.dtype).reshape(-1, max_rel_dist).permute(1, 0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) -> (B * nWindows, window, window, C), zero-padding bottom/right (padding is not masked)."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window, window, wp // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    hp, wp = padded
+    h, w = size
+    b = windows.shape[0] // (hp * wp // window // window)
+    x = windows.view(b, hp // window, wp // window, window, window, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    return x[:, :h, :w, :].contiguous()
+
+
+class SamPatchEmbed(nn.Module):
+    def __init__(self, config: SamConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(3, config.width, kernel_size=config.patch_size, stride=config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.proj(pixel_values).permute(0, 2, 3, 1)  # (B, G, G, C) channels-last
+
+
+class SamAttention(nn.Module):
+    """Multi-head attention with decomposed relative position bias (MViTv2 / SAM)."""
+
+    def __init__(self, config: SamConfig, rel_pos_size: int):
+        super().__init__()
+        self.num_heads = config.heads
+        self.head_dim = config.width // config.heads
+        self.qkv = nn.Linear(config.width, config.width * 3, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.width, config.width)
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size - 1, self.head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size - 1, self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (b, heads, h*w, head_dim)
+        rel_h_table = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, d)
+        rel_w_table = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, d)
+        rows_per_chunk = max(1, _MAX_BIAS_ELEMENTS // (b * self.num_heads * w * h * w))
+        out = torch.cat(
+            [
+                self._attend_rows(q, k, v, rel_h_table, rel_w_table, (h, w), start, min(h, start + rows_per_chunk))
+                for start in range(0, h, rows_per_chunk)
+            ],
+            dim=2,
+        )
+        out = out.transpose(1, 2).reshape(b, h, w, -1)
+        return self.proj(out)
+
+    @staticmethod
+    def _attend_rows(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rel_h_table: torch.Tensor,
+        rel_w_table: torch.Tensor,
+        size: tuple[int, int],
+        row_start: int,
+        row_end: int,
+    ) -> torch.Tensor:
+        """Attention for the queries of image rows [row_start, row_end) against all keys."""
+        h, w = size
+        b, heads, _, d = q.shape
+        rows = row_end - row_start
+        q_rows = q[:, :, row_start * w : row_end * w]  # (b, heads, rows*w, d)
+        grid_q = q_rows.reshape(b, heads, rows, w, d)
+        # Bias from the UNSCALED query: rel_h[y, x, ky] + rel_w[y, x, kx], flattened to key (ky, kx).
+        rel_h = torch.einsum("bnywc,ykc->bnywk", grid_q, rel_h_table[row_start:row_end])
+        rel_w = torch.einsum("bnywc,wkc->bnywk", grid_q, rel_w_table)
+        bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, heads, rows * w, h * w)
+        return F.scaled_dot_product_attention(q_rows, k, v, attn_mask=bias)
+
+
+class SamMlp(nn.Module):
+    def __init__(self, config: SamConfig):
+        super().__init__()
+        hidden = int(config.width * config.mlp_ratio)
+        self.lin1 = nn.Linear(config.width, hidden)
+        self.lin2 = nn.Linear(hidden, config.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(F.gelu(self.lin1(x)))
+
+
+class SamBlock(nn.Module):
+    def __init__(self, config: SamConfig, index: int):
+        super().__init__()
+        self.window_size = 0 if index in config.global_attn_indexes else config.window_size
+        rel_pos_size = config.window_size if self.window_size else config.grid
+        self.norm1 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
+        self.attn = SamAttention(config, rel_pos_size)
+        self.norm2 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
+        self.mlp = SamMlp(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size:
+            size = (x.shape[1], x.shape[2])
+            x, padded = window_partition(x, self.window_size)
+            x = window_unpartition(self.attn(x), self.window_size, padded, size)
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over channels of a (B, C, H, W) map, written elementwise as in SAM."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class SamEncoder(nn.Module):
+    """pixels (B, 3, S, S) -> compressed features (B, C_out, S/64, S/64)."""
+
+    def __init__(self, config: SamConfig):
+        super().__init__()
+        self.patch_embed = SamPatchEmbed(config)
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.grid, config.grid, config.width))
+        self.blocks = nn.ModuleList(SamBlock(config, i) for i in range(config.layers))
+        self.neck = nn.Sequential(
+            nn.Conv2d(config.width, config.out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(config.out_chans, config.neck_layer_norm_eps),
+            nn.Conv2d(config.out_chans, config.out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(config.out_chans, config.neck_layer_norm_eps),
+        )
+        mid, out = config.downsample_channels
+        self.net_2 = nn.Conv2d(config.out_chans, mid, kernel_size=3, stride=2, padding=1, bias=False)
+        self.net_3 = nn.Conv2d(mid, out, kernel_size=3, stride=2, padding=1, bias=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixel_values)  # (B, G, G, C)
+        x = x + resize_abs_pos_embed(self.pos_embed, x.shape[1])
+        for block in self.blocks:
+            x = block(x)
+        x = self.neck(x.permute(0, 3, 1, 2))
+        return self.net_3(self.net_2(x))
