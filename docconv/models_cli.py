@@ -1,0 +1,137 @@
+"""``docconv models ...``: list, download, locate, verify, remove and import model weights.
+
+Exit codes: 0 success; 1 a verify found missing or corrupted files (or the hub served a corrupted
+file); 2 usage errors (unknown model id, unusable directory); 3 the model cannot be obtained
+(offline mode, hub unreachable, not enough disk space) - the same code a conversion uses when
+its engine cannot start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich import filesize
+from rich.console import Console
+from rich.table import Table
+
+from docconv import weights
+from docconv.weights import (
+    DEFAULT_MODEL,
+    CorruptDownloadError,
+    ModelDirectoryError,
+    ModelNotFoundError,
+    WeightsError,
+)
+
+ModelIdArg = Annotated[str, typer.Argument(help="Model id, e.g. deepseek-ai/DeepSeek-OCR.")]
+
+EXIT_VERIFY_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+models_app = typer.Typer(
+    name="models",
+    help="Manage model weights: download once, then work offline.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def exit_code_for(error: WeightsError) -> int:
+    if isinstance(error, CorruptDownloadError):
+        return EXIT_VERIFY_FAILED
+    if isinstance(error, (ModelNotFoundError, ModelDirectoryError)):
+        return EXIT_USAGE
+    return EXIT_UNAVAILABLE
+
+
+def _fail(error: WeightsError) -> NoReturn:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(exit_code_for(error))
+
+
+def _human_size(size: int | None) -> str:
+    return "-" if size is None else filesize.decimal(size)
+
+
+@models_app.command("list")
+def list_command() -> None:
+    """Show cached and imported models, and known models not downloaded yet."""
+    try:
+        rows = weights.list_models()
+    except WeightsError as error:
+        _fail(error)
+    table = Table(title=f"docconv models ({weights.cache_dir()})")
+    for column in ("id", "revision", "size", "path", "verified", "note"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row.id, row.revision, _human_size(row.size_bytes), row.path or "-", row.verified, row.note
+        )
+    Console().print(table)
+
+
+@models_app.command("download")
+def download_command(
+    model_id: ModelIdArg = DEFAULT_MODEL,
+    revision: Annotated[str | None, typer.Option("--revision", "-r", help="Branch, tag or commit to pin.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Download a model (or re-fetch its missing/corrupted files), with progress on stderr."""
+    try:
+        record = weights.download_model(model_id, revision, progress=not quiet)
+    except WeightsError as error:
+        _fail(error)
+    typer.echo(f"{record.id} @ {record.commit} ready in {record.path}", err=True)
+
+
+@models_app.command("path")
+def path_command(model_id: ModelIdArg = DEFAULT_MODEL) -> None:
+    """Print only the directory of a cached or imported model (for scripts)."""
+    try:
+        typer.echo(weights.get_record(model_id).path)
+    except WeightsError as error:
+        _fail(error)
+
+
+@models_app.command("verify")
+def verify_command(model_id: ModelIdArg = DEFAULT_MODEL) -> None:
+    """Re-hash every file against the hashes recorded at download; exit 1 on any mismatch."""
+    try:
+        report = weights.verify_model(model_id)
+    except WeightsError as error:
+        _fail(error)
+    if report.ok:
+        typer.echo(f"{model_id}: all {len(report.model.files)} files match")
+        return
+    for name in report.mismatched:
+        typer.echo(f"{model_id}: {name} is missing or corrupted", err=True)
+    typer.echo(f"run `docconv models download {model_id}` to fetch them again", err=True)
+    raise typer.Exit(EXIT_VERIFY_FAILED)
+
+
+@models_app.command("rm")
+def rm_command(model_id: Annotated[str, typer.Argument(help="Model id as shown by `models list`.")]) -> None:
+    """Forget a model and delete the files docconv downloaded or copied for it."""
+    try:
+        record = weights.remove_model(model_id)
+    except WeightsError as error:
+        _fail(error)
+    kept = record.source != "hub" and not record.copied
+    typer.echo(f"removed {model_id}" + (f" (left {record.path} in place)" if kept else ""))
+
+
+@models_app.command("import")
+def import_command(
+    directory: Annotated[Path, typer.Argument(help="A checkpoint directory copied by hand.")],
+    as_id: Annotated[str | None, typer.Option("--as", help="Id to register it under (default: folder name).")] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy it into the docconv cache, not just reference it.")] = False,
+) -> None:
+    """Register a hand-copied checkpoint so conversions find it offline."""
+    try:
+        record = weights.import_model(directory, as_id, copy=copy)
+    except WeightsError as error:
+        _fail(error)
+    typer.echo(f"imported {record.id} from {record.path} ({len(record.files)} files hashed)")
