@@ -1,0 +1,252 @@
+"""Loading a checkpoint safely: runtime choice, memory estimate, clear errors, quantization.
+
+``load_model`` checks everything that can be checked cheaply *before* the multi-GB read:
+missing files, a foreign model_type, truncated or corrupt safetensors, tensors whose shape
+does not match the config, and whether the weights fit in memory for the chosen
+dtype/quantization. Each failure is a :class:`CheckpointError` whose message names the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from .configuration import DeepseekOcrConfig
+from .modeling import DeepseekOcrForConditionalGeneration
+
+MODEL_TYPES = ("deepseek_vl_v2", "deepseek_ocr")
+
+#: Kept in full precision when quantizing. The vision tower and projector are small next to the
+#: 2.4B routed-expert parameters and their convolutions cannot be quantized anyway; lm_head
+#: decides every token. The router is a bare parameter (not nn.Linear), so it is never touched.
+KEEP_UNQUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", "lm_head"]
+
+#: Bytes per quantized parameter, scales included (int8: one fp32 scale per row of 1280;
+#: nf4 with double quantization: 4 bits + an 8-bit absmax per 64 + second-level constants).
+_QUANT_BYTES = {"8bit": 1.0 + 4 / 1280, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
+
+#: Activations, KV cache and allocator slack on top of the weights.
+_RUNTIME_HEADROOM = 1.15
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoint cannot be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RuntimePlan:
+    """Where and how the model runs."""
+
+    device: str
+    dtype: torch.dtype
+    quant: str  # none | 8bit | 4bit
+    attn: str  # sdpa | flash_attention_2
+    reason: str = ""
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def pick_device(requested: str = "auto") -> str:
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise CheckpointError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
+        if requested == "mps" and not torch.backends.mps.is_available():
+            raise CheckpointError("device 'mps' requested but MPS is not available; use --device cpu")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    # bfloat16 halves memory traffic; CPUs without native bf16 dot products run it slowly.
+    return torch.bfloat16 if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX") else torch.float32
+
+
+def pick_attention(device: str, requested: str = "auto") -> str:
+    flash_ok = device.startswith("cuda") and _flash_attn_importable()
+    if requested == "flash" and not flash_ok:
+        raise CheckpointError("--attn flash needs CUDA and the flash-attn package (pip install 'docconv[gpu]')")
+    if requested == "flash" or (requested == "auto" and flash_ok):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _flash_attn_importable() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_memory(device: str) -> int:
+    """Free bytes where the weights will live."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return free
+    return psutil.virtual_memory().available
+
+
+def estimate_weight_bytes(config: DeepseekOcrConfig, dtype: torch.dtype, quant: str = "none") -> int:
+    """Bytes of weights in memory for this dtype and quantization (no model is built)."""
+    with torch.device("meta"):
+        model = DeepseekOcrForConditionalGeneration(config)
+    element = torch.finfo(dtype).bits // 8
+    quantized = sum(m.weight.numel() for m in quantizable_linears(model)) if quant != "none" else 0
+    total = sum(p.numel() for p in model.parameters())
+    per_quantized = _QUANT_BYTES.get(quant, element)
+    return int((total - quantized) * element + quantized * per_quantized)
+
+
+def quantizable_linears(model: nn.Module) -> list[nn.Linear]:
+    """The nn.Linear layers bitsandbytes replaces (the decoder's, minus lm_head)."""
+    return [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(name.startswith(keep) for keep in KEEP_UNQUANTIZED)
+    ]
+
+
+def plan_runtime(
+    device: str = "auto",
+    dtype: str = "auto",
+    quant: str = "auto",
+    attn: str = "auto",
+    config: DeepseekOcrConfig | None = None,
+) -> RuntimePlan:
+    """Resolve every ``auto``. Quant ``auto`` = 4-bit on a GPU whose free memory is short of the weights."""
+    chosen_device = pick_device(device)
+    chosen_dtype = pick_dtype(chosen_device, dtype)
+    chosen_quant, reason = quant, "requested"
+    if quant == "auto":
+        chosen_quant, reason = "none", "full precision fits"
+        if config is not None and chosen_device.startswith("cuda"):
+            need = estimate_weight_bytes(config, chosen_dtype) * _RUNTIME_HEADROOM
+            if need > available_memory(chosen_device):
+                chosen_quant, reason = "4bit", f"{need / 1e9:.1f} GB needed in {chosen_dtype} exceeds free GPU memory"
+    return RuntimePlan(chosen_device, chosen_dtype, chosen_quant, pick_attention(chosen_device, attn), reason)
+
+
+def load_config(path: Path) -> DeepseekOcrConfig:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path}: no config.json; is this a DeepSeek-OCR checkpoint directory?")
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config_file}: unreadable JSON ({error}); re-download the model") from None
+    if raw.get("model_type") not in MODEL_TYPES:
+        raise CheckpointError(
+            f"{config_file}: model_type {raw.get('model_type')!r} is not DeepSeek-OCR "
+            f"(expected one of {', '.join(MODEL_TYPES)}); pass a DeepSeek-OCR checkpoint with --model"
+        )
+    try:
+        return DeepseekOcrConfig.from_dict(raw)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{config_file}: invalid configuration: {error}") from None
+
+
+def weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        files = [path / shard for shard in shards]
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    missing = [f.name for f in files if not f.is_file()]
+    if not files or missing:
+        what = ", ".join(missing) if missing else "*.safetensors"
+        raise CheckpointError(f"{path}: missing weight file(s) {what}; download the model again")
+    return files
+
+
+def check_tensors(path: Path, config: DeepseekOcrConfig) -> None:
+    """Every tensor readable, none missing or unexpected, every shape as the config says."""
+    with torch.device("meta"):
+        expected = {name: tuple(p.shape) for name, p in DeepseekOcrForConditionalGeneration(config).named_parameters()}
+    found: dict[str, tuple[int, ...]] = {}
+    for file in weight_files(path):
+        try:
+            with safe_open(file, framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                    found[name] = tuple(handle.get_slice(name).get_shape())
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{file}: corrupt or truncated safetensors ({error}); download the model again") from None
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(
+            f"{path}: checkpoint does not match its config ({len(missing)} missing, {len(unexpected)} unexpected "
+            f"tensors, e.g. {detail}); use the official DeepSeek-OCR files"
+        )
+    for name, shape in expected.items():
+        if found[name] != shape:
+            raise CheckpointError(f"{path}: tensor {name} has shape {list(found[name])}, config expects {list(shape)}")
+
+
+def check_memory(config: DeepseekOcrConfig, plan: RuntimePlan) -> None:
+    need = int(estimate_weight_bytes(config, plan.dtype, plan.quant) * _RUNTIME_HEADROOM)
+    free = available_memory(plan.device)
+    if need > free:
+        suggestion = "try --quant 4bit" if plan.quant != "4bit" else "free memory or use a machine with more"
+        raise CheckpointError(
+            f"not enough memory on {plan.device}: the model needs about {need / 1e9:.1f} GB "
+            f"({plan.dtype_name}, quant {plan.quant}) but {free / 1e9:.1f} GB is free; {suggestion}"
+        )
+
+
+def quantization_config(plan: RuntimePlan):
+    if plan.quant == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if plan.quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=KEEP_UNQUANTIZED)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=plan.dtype,
+        llm_int8_skip_modules=KEEP_UNQUANTIZED,
+    )
+
+
+def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrForConditionalGeneration:
+    """Validate the checkpoint at ``path`` and load it as ``plan`` says; raises :class:`CheckpointError`."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory; pass a checkpoint directory or a hub id with --model")
+    config = load_config(directory)
+    check_tensors(directory, config)
+    check_memory(config, plan)
+    quantization = quantization_config(plan)
+    model = DeepseekOcrForConditionalGeneration.from_pretrained(
+        directory,
+        config=config,
+        dtype=plan.dtype,
+        attn_implementation=plan.attn,
+        quantization_config=quantization,
+        device_map=plan.device if quantization is not None else None,
+    )
+    if quantization is None:
+        model.to(plan.device)
+    return model.eval()
