@@ -1,0 +1,66 @@
+"""Small generated test documents: PDFs with PyMuPDF, images with Pillow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pymupdf
+from PIL import Image, ImageDraw
+
+A6_POINTS = (298, 420)
+
+
+def make_pdf(
+    path: Path,
+    pages: int = 2,
+    size: tuple[float, float] = A6_POINTS,
+    texts: Sequence[str] | None = None,
+    rotate: int = 0,
+    password: str | None = None,
+) -> Path:
+    """A PDF whose page N says "Page N" (or ``texts[N-1]``) in its text layer."""
+    pdf = pymupdf.open()
+    for number in range(1, pages + 1):
+        page = pdf.new_page(width=size[0], height=size[1])
+        text = texts[number - 1] if texts else f"Page {number}"
+        page.insert_text((36, 72), text, fontsize=18)
+        if rotate:
+            page.set_rotation(rotate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if password:
+        pdf.save(path, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw=password, owner_pw=password + "-owner")
+    else:
+        pdf.save(path)
+    pdf.close()
+    return path
+
+
+def make_image(
+    path: Path,
+    size: tuple[int, int] = (200, 120),
+    text: str = "Hello",
+    mode: str = "RGB",
+    image_format: str | None = None,
+    exif_orientation: int | None = None,
+) -> Path:
+    """A white image with black ``text``; saved in ``image_format`` (default: from the suffix)."""
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).text((10, 10), text, fill="black")
+    converted = image.convert(mode) if mode != "RGB" else image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif
+    converted.save(path, format=image_format, **kwargs)
+    return path
+
+
+def make_tiff(path: Path, frames: int = 3, size: tuple[int, int] = (120, 160)) -> Path:
+    """A multi-frame TIFF whose frame N is a different shade, so frames are distinguishable."""
+    images = [Image.new("RGB", size, (40 * n, 40 * n, 40 * n)) for n in range(frames)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, format="TIFF", save_all=True, append_images=images[1:])
+    return path
