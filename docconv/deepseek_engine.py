@@ -1,0 +1,127 @@
+"""The DeepSeek-OCR engine: docconv's :class:`~docconv.engine.Engine` over the native model package."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from deepseek_ocr import (
+    CheckpointError,
+    DeepseekOcrProcessor,
+    GenerationSettings,
+    RuntimePlan,
+    generate_pages,
+    load_model,
+    plan_runtime,
+)
+from deepseek_ocr.loading import load_config
+
+from .engine import (
+    ENGINE_FACTORIES,
+    EngineError,
+    EngineOptions,
+    EngineOutput,
+    PageJob,
+    TokenCallback,
+    VisionBudget,
+)
+
+#: Table cells legitimately repeat; the official recipe exempts them from the repetition guard.
+_REPEATABLE_TOKENS = ("<td>", "</td>")
+
+
+def resolve_checkpoint(options: EngineOptions) -> Path:
+    """A local checkpoint directory as is; a hub id through the weight cache (downloading if allowed)."""
+    local = Path(options.model).expanduser()
+    if local.is_dir():
+        return local
+    from .weights import resolve_model
+
+    return Path(resolve_model(options.model, offline=options.offline))
+
+
+class DeepseekOcrEngine:
+    """Loads the model once; reads batches of pages greedily."""
+
+    name = "deepseek-ocr"
+
+    def __init__(self, options: EngineOptions):
+        checkpoint = resolve_checkpoint(options)
+        try:
+            config = load_config(checkpoint)
+            self.plan: RuntimePlan = plan_runtime(options.device, options.dtype, options.quant, options.attn, config)
+            self.model = load_model(checkpoint, self.plan)
+            self.processor = DeepseekOcrProcessor.from_pretrained(checkpoint, max_tiles=options.max_tiles)
+        except (CheckpointError, ValueError) as error:
+            raise EngineError(str(error)) from None
+        self.checkpoint = checkpoint
+        self.device = self.plan.device
+        self.dtype = self.plan.dtype_name
+        self.quant = self.plan.quant
+        self._exempt_ids = [self.processor.special_token_id(token) for token in _REPEATABLE_TOKENS]
+
+    def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:
+        counts = self.processor.vision_budget(width, height, mode)
+        return VisionBudget(tokens=counts.tokens, valid=counts.valid, sequence=counts.sequence)
+
+    def count_text_tokens(self, text: str) -> int:
+        return self.processor.count_tokens(text)
+
+    def generate(self, jobs: Sequence[PageJob], on_token: TokenCallback | None = None) -> list[EngineOutput]:
+        outputs: list[EngineOutput | None] = [None] * len(jobs)
+        for indices in _batches_by_settings(jobs).values():
+            for index, output in zip(indices, self._generate_batch([jobs[i] for i in indices], indices, on_token), strict=True):
+                outputs[index] = output
+        return [output for output in outputs if output is not None]
+
+    def _generate_batch(
+        self, jobs: list[PageJob], job_indices: list[int], on_token: TokenCallback | None
+    ) -> list[EngineOutput]:
+        """Pages sharing mode and generation settings, decoded together."""
+        started = time.perf_counter()
+        first = jobs[0]
+        inputs = self.processor([job.image for job in jobs], [job.prompt for job in jobs], first.mode)
+        vision = [
+            VisionBudget(tokens=tokens, valid=valid, sequence=int(mask.sum()))
+            for tokens, valid, mask in zip(
+                inputs.pop("vision_tokens"), inputs.pop("valid_vision_tokens"), inputs["images_seq_mask"], strict=True
+            )
+        ]
+        settings = GenerationSettings(first.max_new_tokens, first.ngram_size, first.ngram_window)
+        callback = (lambda row, count: on_token(job_indices[row], count)) if on_token else None
+        pages = generate_pages(
+            self.model,
+            dict(inputs),
+            settings,
+            eos_token_id=self.processor.eos_token_id,
+            pad_token_id=self.processor.pad_token_id,
+            exempt_ids=self._exempt_ids,
+            on_token=callback,
+        )
+        seconds = (time.perf_counter() - started) / len(jobs)
+        return [
+            EngineOutput(
+                text=self.processor.strip_eos(self.processor.decode(page.token_ids)).strip(),
+                stop_reason=page.stop_reason,
+                vision=budget,
+                text_tokens=len(page.token_ids),
+                seconds=seconds,
+            )
+            for page, budget in zip(pages, vision, strict=True)
+        ]
+
+
+def _batches_by_settings(jobs: Sequence[PageJob]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, job in enumerate(jobs):
+        groups[(job.mode, job.max_new_tokens, job.ngram_size, job.ngram_window)].append(index)
+    return groups
+
+
+def create_deepseek_engine(options: EngineOptions) -> DeepseekOcrEngine:
+    return DeepseekOcrEngine(options)
+
+
+ENGINE_FACTORIES["deepseek-ocr"] = create_deepseek_engine
