@@ -51,7 +51,9 @@ class DeepseekOcrEngine:
         checkpoint = resolve_checkpoint(options)
         try:
             config = load_config(checkpoint)
-            self.plan: RuntimePlan = plan_runtime(options.device, options.dtype, options.quant, options.attn, config)
+            self.plan: RuntimePlan = plan_runtime(
+                options.device, options.dtype, options.quant, options.attn, config
+            )
             self.model = load_model(checkpoint, self.plan)
             self.processor = DeepseekOcrProcessor.from_pretrained(checkpoint, max_tiles=options.max_tiles)
         except (CheckpointError, ValueError) as error:
@@ -72,7 +74,9 @@ class DeepseekOcrEngine:
     def generate(self, jobs: Sequence[PageJob], on_token: TokenCallback | None = None) -> list[EngineOutput]:
         outputs: list[EngineOutput | None] = [None] * len(jobs)
         for indices in _batches_by_settings(jobs).values():
-            for index, output in zip(indices, self._generate_batch([jobs[i] for i in indices], indices, on_token), strict=True):
+            for index, output in zip(
+                indices, self._generate_batch([jobs[i] for i in indices], indices, on_token), strict=True
+            ):
                 outputs[index] = output
         return [output for output in outputs if output is not None]
 
@@ -86,7 +90,10 @@ class DeepseekOcrEngine:
         vision = [
             VisionBudget(tokens=tokens, valid=valid, sequence=int(mask.sum()))
             for tokens, valid, mask in zip(
-                inputs.pop("vision_tokens"), inputs.pop("valid_vision_tokens"), inputs["images_seq_mask"], strict=True
+                inputs.pop("vision_tokens"),
+                inputs.pop("valid_vision_tokens"),
+                inputs["images_seq_mask"],
+                strict=True,
             )
         ]
         settings = GenerationSettings(first.max_new_tokens, first.ngram_size, first.ngram_window)

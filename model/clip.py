@@ -35,7 +35,9 @@ class ClipEmbeddings(nn.Module):
         super().__init__()
         self.class_embedding = nn.Parameter(torch.zeros(config.width))
         # Present in the checkpoint (strict load) but never used: SAM features replace it.
-        self.patch_embedding = nn.Conv2d(3, config.width, kernel_size=config.patch_size, stride=config.patch_size, bias=False)
+        self.patch_embedding = nn.Conv2d(
+            3, config.width, kernel_size=config.patch_size, stride=config.patch_size, bias=False
+        )
         self.position_embedding = nn.Embedding(config.num_positions, config.width)
 
     def forward(self, patch_embeds: torch.Tensor) -> torch.Tensor:
@@ -55,7 +57,9 @@ class ClipAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = self.qkv_proj(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (
+            self.qkv_proj(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        )
         out = F.scaled_dot_product_attention(q, k, v)  # bidirectional, scale 1/sqrt(head_dim)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 

@@ -115,9 +115,13 @@ class DeepseekOcrConfig(PretrainedConfig):
         if self.use_mla:
             raise ValueError("DeepSeek-OCR uses plain multi-head attention: use_mla must be false")
         if self.topk_method != "greedy" or self.scoring_func != "softmax":
-            raise ValueError("only greedy top-k routing over softmax scores is implemented (the official setting)")
+            raise ValueError(
+                "only greedy top-k routing over softmax scores is implemented (the official setting)"
+            )
         if self.num_key_value_heads != self.num_attention_heads:
-            raise ValueError("DeepSeek-OCR uses multi-head attention: num_key_value_heads must equal num_attention_heads")
+            raise ValueError(
+                "DeepSeek-OCR uses multi-head attention: num_key_value_heads must equal num_attention_heads"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("hidden_size must be divisible by num_attention_heads")
         if self.clip.width != self.sam.downsample_channels[1]:
@@ -145,7 +149,9 @@ class DeepseekOcrConfig(PretrainedConfig):
 
     @property
     def projector_input_dim(self) -> int:
-        return int((self.projector_config or {}).get("input_dim", self.clip.width + self.sam.downsample_channels[1]))
+        return int(
+            (self.projector_config or {}).get("input_dim", self.clip.width + self.sam.downsample_channels[1])
+        )
 
     def is_moe_layer(self, index: int) -> bool:
         return (

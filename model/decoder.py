@@ -86,7 +86,9 @@ class DecoderAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
-        attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, sdpa_attention_forward)
+        attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, sdpa_attention_forward
+        )
         out, _ = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling)
         return self.o_proj(out.reshape(b, n, -1))
 
@@ -127,7 +129,8 @@ class MoeMlp(nn.Module):
         super().__init__()
         self.gate = MoeRouter(config)
         self.experts = nn.ModuleList(
-            SwiGluMlp(config.hidden_size, config.moe_intermediate_size) for _ in range(config.n_routed_experts)
+            SwiGluMlp(config.hidden_size, config.moe_intermediate_size)
+            for _ in range(config.n_routed_experts)
         )
         self.shared_experts = (
             SwiGluMlp(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts)
@@ -168,7 +171,11 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: DeepseekOcrConfig, layer_idx: int):
         super().__init__()
         self.self_attn = DecoderAttention(config, layer_idx)
-        self.mlp = MoeMlp(config) if config.is_moe_layer(layer_idx) else SwiGluMlp(config.hidden_size, config.intermediate_size)
+        self.mlp = (
+            MoeMlp(config)
+            if config.is_moe_layer(layer_idx)
+            else SwiGluMlp(config.hidden_size, config.intermediate_size)
+        )
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -183,4 +190,3 @@ class DecoderLayer(nn.Module):
             self.input_layernorm(hidden_states), rotary, attention_mask, past_key_values
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
-

@@ -58,7 +58,9 @@ class RuntimePlan:
 def pick_device(requested: str = "auto") -> str:
     if requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise CheckpointError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
+            raise CheckpointError(
+                f"device {requested!r} requested but CUDA is not available; use --device cpu"
+            )
         if requested == "mps" and not torch.backends.mps.is_available():
             raise CheckpointError("device 'mps' requested but MPS is not available; use --device cpu")
         return requested
@@ -77,13 +79,19 @@ def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
     if device == "mps":
         return torch.float16
     # bfloat16 halves memory traffic; CPUs without native bf16 dot products run it slowly.
-    return torch.bfloat16 if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX") else torch.float32
+    return (
+        torch.bfloat16
+        if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX")
+        else torch.float32
+    )
 
 
 def pick_attention(device: str, requested: str = "auto") -> str:
     flash_ok = device.startswith("cuda") and _flash_attn_importable()
     if requested == "flash" and not flash_ok:
-        raise CheckpointError("--attn flash needs CUDA and the flash-attn package (pip install 'docconv[gpu]')")
+        raise CheckpointError(
+            "--attn flash needs CUDA and the flash-attn package (pip install 'docconv[gpu]')"
+        )
     if requested == "flash" or (requested == "auto" and flash_ok):
         return "flash_attention_2"
     return "sdpa"
@@ -141,7 +149,10 @@ def plan_runtime(
         if config is not None and chosen_device.startswith("cuda"):
             need = estimate_weight_bytes(config, chosen_dtype) * _RUNTIME_HEADROOM
             if need > available_memory(chosen_device):
-                chosen_quant, reason = "4bit", f"{need / 1e9:.1f} GB needed in {chosen_dtype} exceeds free GPU memory"
+                chosen_quant, reason = (
+                    "4bit",
+                    f"{need / 1e9:.1f} GB needed in {chosen_dtype} exceeds free GPU memory",
+                )
     return RuntimePlan(chosen_device, chosen_dtype, chosen_quant, pick_attention(chosen_device, attn), reason)
 
 
@@ -181,7 +192,9 @@ def weight_files(path: Path) -> list[Path]:
 def check_tensors(path: Path, config: DeepseekOcrConfig) -> None:
     """Every tensor readable, none missing or unexpected, every shape as the config says."""
     with torch.device("meta"):
-        expected = {name: tuple(p.shape) for name, p in DeepseekOcrForConditionalGeneration(config).named_parameters()}
+        expected = {
+            name: tuple(p.shape) for name, p in DeepseekOcrForConditionalGeneration(config).named_parameters()
+        }
     found: dict[str, tuple[int, ...]] = {}
     for file in weight_files(path):
         try:
@@ -189,7 +202,9 @@ def check_tensors(path: Path, config: DeepseekOcrConfig) -> None:
                 for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
                     found[name] = tuple(handle.get_slice(name).get_shape())
         except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{file}: corrupt or truncated safetensors ({error}); download the model again") from None
+            raise CheckpointError(
+                f"{file}: corrupt or truncated safetensors ({error}); download the model again"
+            ) from None
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
@@ -200,7 +215,9 @@ def check_tensors(path: Path, config: DeepseekOcrConfig) -> None:
         )
     for name, shape in expected.items():
         if found[name] != shape:
-            raise CheckpointError(f"{path}: tensor {name} has shape {list(found[name])}, config expects {list(shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {list(found[name])}, config expects {list(shape)}"
+            )
 
 
 def check_memory(config: DeepseekOcrConfig, plan: RuntimePlan) -> None:
@@ -234,7 +251,9 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
     """Validate the checkpoint at ``path`` and load it as ``plan`` says; raises :class:`CheckpointError`."""
     directory = Path(path)
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a directory; pass a checkpoint directory or a hub id with --model")
+        raise CheckpointError(
+            f"{directory}: not a directory; pass a checkpoint directory or a hub id with --model"
+        )
     config = load_config(directory)
     check_tensors(directory, config)
     check_memory(config, plan)

@@ -118,7 +118,9 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
             # (rows, cols, t, t, H) -> (rows, t, cols, t, H): stitch tiles into one big grid (pitfall 2).
             stitched = tile_tokens.view(tile_rows, cols, t, t, hidden).permute(0, 2, 1, 3, 4)
             stitched = stitched.reshape(tile_rows * t, cols * t, hidden)
-            parts.append(torch.cat([stitched, newline.expand(tile_rows * t, 1, hidden)], dim=1).reshape(-1, hidden))
+            parts.append(
+                torch.cat([stitched, newline.expand(tile_rows * t, 1, hidden)], dim=1).reshape(-1, hidden)
+            )
         parts.append(torch.cat([rows, newline.expand(g, 1, hidden)], dim=1).reshape(-1, hidden))
         parts.append(self.view_seperator.to(global_tokens.dtype)[None])
         return torch.cat(parts)
@@ -192,7 +194,9 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[
+                None
+            ]
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
@@ -200,7 +204,9 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
             past_key_values=past_key_values,
             position_ids=position_ids,
         )
-        rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
+        rotary = rotary_cos_sin(
+            position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype
+        )
         hidden = inputs_embeds
         all_hidden = [hidden] if output_hidden_states else None
         for layer in self.layers:

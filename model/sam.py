@@ -33,7 +33,9 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     max_rel_dist = 2 * max(q_size, k_size) - 1
     if rel_pos.shape[0] != max_rel_dist:
         resized = F.interpolate(
-            rel_pos.float().reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist, mode="linear"
+            rel_pos.float().reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1),
+            size=max_rel_dist,
+            mode="linear",
         )
         rel_pos = resized.to(rel_pos.dtype).reshape(-1, max_rel_dist).permute(1, 0)
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
@@ -53,7 +55,9 @@ def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
 
 
-def window_unpartition(windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+def window_unpartition(
+    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
     hp, wp = padded
     h, w = size
     b = windows.shape[0] // (hp * wp // window // window)
@@ -92,7 +96,9 @@ class SamAttention(nn.Module):
         rows_per_chunk = max(1, _MAX_BIAS_ELEMENTS // (b * self.num_heads * w * h * w))
         out = torch.cat(
             [
-                self._attend_rows(q, k, v, rel_h_table, rel_w_table, (h, w), start, min(h, start + rows_per_chunk))
+                self._attend_rows(
+                    q, k, v, rel_h_table, rel_w_table, (h, w), start, min(h, start + rows_per_chunk)
+                )
                 for start in range(0, h, rows_per_chunk)
             ],
             dim=2,
