@@ -11,7 +11,7 @@ It serves one or more repositories whose content is a local directory, with the 
 Like the real hub, ``*.safetensors`` files are LFS files (ETag = sha256 of the content) and the
 others are plain git blobs (ETag = git blob sha1). No Xet headers are ever sent, so downloads go
 over plain HTTP. Faults for tests: drop the connection part-way through a file once, serve a
-file with one byte flipped, refuse everything.
+file with one byte flipped, answer slowly.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -87,6 +88,8 @@ class FakeHubState:
     drop_once: dict[str, int] = field(default_factory=dict)
     #: file names served with their middle byte flipped (headers still announce the true hash).
     corrupt: set[str] = field(default_factory=set)
+    #: file name -> seconds to wait before sending its body, so concurrent clients overlap.
+    slow: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -217,6 +220,8 @@ class _HubHandler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             self._send(206, data[start : end + 1], headers, send_body=True)
             return
+        if send_body:
+            time.sleep(self.state.slow.get(name, 0.0))
         drop_after = self._take_drop(name) if send_body else None
         if drop_after is not None:
             self._send_truncated(data, headers, drop_after)
