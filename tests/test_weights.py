@@ -9,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_hub import FakeHub, FakeRepo
 from safetensors.numpy import save
 
 from docconv import weights
 from docconv.engine import EngineError
+
+try:  # tests/ may or may not be a package (tests/__init__.py); support both layouts
+    from fake_hub import FakeHub, FakeRepo
+except ImportError:
+    from tests.fake_hub import FakeHub, FakeRepo
 
 TINY_ID = "docconv-test/tiny-ocr"
 

@@ -1,0 +1,196 @@
+"""`docconv models ...` in-process (CliRunner) and as real processes, against a fake hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from docconv import weights
+from docconv.models_cli import models_app
+
+try:  # tests/ may or may not be a package (tests/__init__.py); support both layouts
+    from fake_hub import FakeHub, FakeRepo
+except ImportError:
+    from tests.fake_hub import FakeHub, FakeRepo
+
+TINY_ID = "docconv-test/tiny-ocr"
+MODELS_ENTRY = "from docconv.models_cli import models_app; models_app()"
+
+
+@pytest.fixture
+def cache_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Temporary caches for this process and for the subprocesses it starts."""
+    values = {
+        "DOCCONV_CACHE": str(tmp_path / "docconv-cache"),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "COLUMNS": "400",  # rich tables would otherwise fold long paths at 80 columns
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return values
+
+
+@pytest.fixture
+def hub(cache_env: dict[str, str], tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    with FakeHub() as server:
+        server.add_repo(FakeRepo.from_directory(TINY_ID, tiny_model_dir))
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(models_app, list(args))
+
+
+def run_process(*args: str) -> subprocess.Popen[str]:
+    """``docconv models ARGS`` as a separate process, with the environment the test set up."""
+    return subprocess.Popen(
+        [sys.executable, "-c", MODELS_ENTRY, *args],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out, err
+
+
+def test_download_shows_progress_on_stderr_and_path_prints_only_the_directory(hub: FakeHub) -> None:
+    result = invoke("download", TINY_ID)
+
+    assert result.exit_code == 0, result.stderr
+    assert "model.safetensors" in result.stderr
+    assert "2.3 MB" in result.stderr  # the byte counter of the weights bar
+    assert result.stdout == ""
+
+    path = invoke("path", TINY_ID)
+    assert path.exit_code == 0
+    assert path.stdout == weights.load_records()[TINY_ID].path + "\n"
+    assert (Path(path.stdout.strip()) / "config.json").is_file()
+
+
+def test_list_shows_revision_size_path_and_verified(hub: FakeHub) -> None:
+    invoke("download", TINY_ID, "--quiet")
+    record = weights.load_records()[TINY_ID]
+
+    listing = invoke("list")
+
+    assert listing.exit_code == 0
+    row = next(line for line in listing.stdout.splitlines() if TINY_ID in line)
+    assert record.commit[:12] in row
+    assert "2.3 MB" in row
+    assert record.path in row
+    assert "yes" in row
+    default_row = next(line for line in listing.stdout.splitlines() if weights.DEFAULT_MODEL + " " in line)
+    assert "6.7 GB" in default_row and "not downloaded" in default_row
+
+
+def test_verify_exit_codes_follow_a_flipped_byte_and_download_repairs_it(hub: FakeHub) -> None:
+    invoke("download", TINY_ID, "--quiet")
+    assert invoke("verify", TINY_ID).exit_code == 0
+    blob = (Path(weights.load_records()[TINY_ID].path) / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0x01
+    blob.write_bytes(bytes(data))
+
+    failed = invoke("verify", TINY_ID)
+    assert failed.exit_code == 1
+    assert "model.safetensors is missing or corrupted" in failed.stderr
+    assert "no" in next(line for line in invoke("list").stdout.splitlines() if TINY_ID in line)
+
+    assert invoke("download", TINY_ID, "--quiet").exit_code == 0
+    assert invoke("verify", TINY_ID).exit_code == 0
+
+
+def test_rm_removes_the_model_and_path_then_fails_with_usage_code(hub: FakeHub) -> None:
+    invoke("download", TINY_ID, "--quiet")
+    snapshot = Path(invoke("path", TINY_ID).stdout.strip())
+
+    removed = invoke("rm", TINY_ID)
+
+    assert removed.exit_code == 0
+    assert not snapshot.exists()
+    assert TINY_ID not in invoke("list").stdout
+    missing = invoke("path", TINY_ID)
+    assert missing.exit_code == 2
+    assert f"docconv models download {TINY_ID}" in missing.stderr
+
+
+def test_import_of_a_hand_copied_directory(hub: FakeHub, tiny_model_dir: Path, tmp_path: Path) -> None:
+    copied = tmp_path / "from-usb"
+    shutil.copytree(tiny_model_dir, copied)
+
+    imported = invoke("import", str(copied), "--as", "site/deepseek-ocr")
+
+    assert imported.exit_code == 0, imported.stderr
+    assert invoke("path", "site/deepseek-ocr").stdout.strip() == str(copied.resolve())
+    assert invoke("verify", "site/deepseek-ocr").exit_code == 0
+    assert hub.requests == []
+
+
+def test_import_of_a_directory_without_config_is_a_usage_error(cache_env: dict[str, str], tmp_path: Path) -> None:
+    result = invoke("import", str(tmp_path))
+
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert "has no config.json" in result.stderr
+
+
+def test_unreachable_hub_exits_3_with_one_line(hub: FakeHub) -> None:
+    hub.stop()
+
+    result = invoke("download", TINY_ID)
+
+    assert result.exit_code == 3
+    assert result.stderr.count("\n") == 1
+    assert f"docconv models download {TINY_ID}" in result.stderr
+    assert f"docconv models import <dir> --as {TINY_ID}" in result.stderr
+
+
+def test_offline_process_exits_3_without_traceback(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    code, out, err = finish(run_process("download", TINY_ID))
+
+    assert code == 3
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and "docconv models import" in err
+    assert hub.requests == []
+
+
+def test_process_downloads_once_then_runs_without_network(hub: FakeHub) -> None:
+    code, _, err = finish(run_process("download", TINY_ID))
+    assert code == 0, err
+    assert "model.safetensors" in err
+    hub.clear_requests()
+
+    code, out, _ = finish(run_process("path", TINY_ID))
+    assert code == 0 and out.strip() == weights.load_records()[TINY_ID].path
+    assert hub.requests == []
+
+
+def test_two_processes_downloading_at_once_fetch_each_file_once(hub: FakeHub, tiny_model_dir: Path) -> None:
+    # A slow weights file keeps the first download running while the second process starts.
+    hub.state.slow["model.safetensors"] = 2.0
+
+    first, second = run_process("download", TINY_ID), run_process("download", TINY_ID)
+    results = [finish(first), finish(second)]
+
+    assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
+    assert any("waiting for another docconv process" in err for _, _, err in results)
+    for source in tiny_model_dir.iterdir():
+        assert len(hub.full_file_gets(source.name)) == 1, source.name
+    assert invoke("verify", TINY_ID).exit_code == 0
