@@ -253,15 +253,15 @@ class ImageLoadError(ValueError):
     """An input could not be decoded as an image; the message names the file and what to do."""
 
 
-def _open(source: ImageSource) -> Image.Image:
-    if isinstance(source, Image.Image):
-        return source
+def _open(source: str | os.PathLike[str] | bytes) -> Image.Image:
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
         image.load()
     except FileNotFoundError:
         raise ImageLoadError(f"{name}: file not found; check the path") from None
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{name}: {error}; downscale the image first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageLoadError(f"{name}: not a readable image ({error}); convert it to PNG or JPEG") from None
     return image
@@ -273,21 +273,28 @@ def _composite(image: Image.Image, background: tuple[int, int, int]) -> Image.Im
     return Image.alpha_composite(canvas, rgba)
 
 
-def load_image(source: ImageSource, alpha_background: tuple[int, int, int] | None = None) -> Image.Image:
-    """Open an image like the reference: EXIF orientation applied, then converted to RGB.
-
-    By default alpha is dropped (transparent pixels keep their stored colour), exactly as
-    ``convert("RGB")`` does in the reference; pass ``alpha_background`` to composite onto a colour
-    instead (friendlier for transparent PNGs, but no longer reference-identical).
-    """
-    image = _open(source)
+def _oriented_rgb(image: Image.Image, alpha_background: tuple[int, int, int] | None) -> Image.Image:
     # Corrupt EXIF raises many exception types; the reference falls back to the raw image the same way.
     with contextlib.suppress(Exception):
         image = ImageOps.exif_transpose(image)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
     if alpha_background is not None and has_alpha:
         image = _composite(image, alpha_background)
-    return image.convert("RGB")
+    return image.convert("RGB")  # always a new image, so the caller may close the source
+
+
+def load_image(source: ImageSource, alpha_background: tuple[int, int, int] | None = None) -> Image.Image:
+    """Open an image like the reference: EXIF orientation applied, then converted to RGB.
+
+    By default alpha is dropped (transparent pixels keep their stored colour), exactly as
+    ``convert("RGB")`` does in the reference; pass ``alpha_background`` to composite onto a colour
+    instead (friendlier for transparent PNGs, but no longer reference-identical). Unreadable
+    inputs raise :class:`ImageLoadError`.
+    """
+    if isinstance(source, Image.Image):
+        return _oriented_rgb(source, alpha_background)
+    with _open(source) as image:
+        return _oriented_rgb(image, alpha_background)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PARITY
 from deepseek_ocr.processing import (
     MODES,
     TASK_PROMPTS,
@@ -34,6 +33,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.numpy import load_file
+
+from .conftest import PARITY
 
 CASES = sorted(path.parent for path in PARITY.glob("cases/*/meta.json"))
 VIEW_DIRS = sorted(path.parent for path in PARITY.glob("preprocess/*/*/global_view.png"))
@@ -317,7 +318,7 @@ def _jpeg_with_orientation(size: tuple[int, int], orientation: int) -> bytes:
 def test_exif_orientation_is_applied(tiny_model_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "rotated.jpg"
     path.write_bytes(_jpeg_with_orientation((300, 100), orientation=6))
-    image = load_image(path)
+    image = load_image(path.read_bytes())
     assert image.size == (100, 300)
     assert image.getpixel((95, 5))[0] > 200 > image.getpixel((95, 5))[1]  # stored top-left is now top-right
     inputs = DeepseekOcrProcessor.from_pretrained(tiny_model_dir).preprocess_image(path, "base")
