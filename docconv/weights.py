@@ -2,8 +2,10 @@
 
 Layout under :func:`cache_dir` (``DOCCONV_CACHE`` or the platform user cache dir):
 
-* ``hub/`` - a standard Hugging Face cache (``models--org--name/{blobs,snapshots,refs}``) that
-  ``huggingface_hub`` fills; downloads are resumable within a run (HTTP Range) and pinned to a commit.
+* ``hub/`` - a standard Hugging Face cache (``models--org--name/{blobs,snapshots,refs}``), pinned
+  to a commit; huggingface_hub lays it out and docconv streams the blobs with huggingface_hub's
+  ``http_get`` so an interrupted transfer resumes with an HTTP Range request.
+* ``partial/`` - bytes of unfinished downloads, kept across runs so a killed download resumes.
 * ``imported/`` - checkpoints copied in by ``docconv models import --copy``.
 * ``locks/`` - one :class:`filelock.FileLock` per model, held around download and resolve, so two
   docconv processes never download the same model twice nor read a half-written snapshot.
@@ -34,7 +36,7 @@ from typing import Any, Literal
 import filelock
 import httpx2
 import platformdirs
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -42,7 +44,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -415,31 +418,90 @@ def _delete_cached_file(snapshot: Path, name: str) -> None:
             blob.unlink()
 
 
+def partial_dir() -> Path:
+    """Where bytes of unfinished downloads wait, so a killed run resumes instead of starting over."""
+    return cache_dir() / "partial"
+
+
+def _partial_path(model_id: str, remote: RemoteFile) -> Path:
+    return partial_dir() / _repo_folder(model_id) / f"{remote.digest}.part"
+
+
+def _partial_size(model_id: str, remote: RemoteFile) -> int:
+    part = _partial_path(model_id, remote)
+    return part.stat().st_size if part.is_file() else 0
+
+
+def _blob_path(model_id: str, remote: RemoteFile) -> Path:
+    # huggingface_hub names blobs by the hub ETag, which is the digest recorded for the file.
+    return hub_cache_dir() / _repo_folder(model_id) / "blobs" / remote.digest
+
+
 def _fetch_files(model_id: str, commit: str, files: list[RemoteFile], progress: bool) -> None:
     snapshot = _snapshot_dir(model_id, commit)
     missing = [f for f in files if not (snapshot / f.name).is_file()]
-    check_free_space(sum(f.size for f in missing), hub_cache_dir())
+    needed = sum(f.size - _partial_size(model_id, f) for f in missing if not _blob_path(model_id, f).is_file())
+    check_free_space(needed, hub_cache_dir())
     with _stderr_progress(progress) as bars:
         for remote in missing:
+            blob = _blob_path(model_id, remote)
+            bar_class = _rich_bar_class(bars, remote.name)
+            if not blob.is_file():
+                _download_blob(model_id, commit, remote, blob, bar_class)
+            # The blob is in place, so huggingface_hub only links it into the snapshot and records refs/.
             hf_hub_download(
                 model_id,
                 remote.name,
                 revision=commit,
                 cache_dir=hub_cache_dir(),
                 endpoint=_endpoint(),
-                tqdm_class=_rich_bar_class(bars, remote.name),
+                tqdm_class=bar_class,
             )
-            _check_received(snapshot, remote)
+            if (snapshot / remote.name).resolve() != blob.resolve():
+                _check_received(snapshot, remote)  # the hub's ETag differed, so huggingface_hub fetched it itself
+
+
+def _download_blob(model_id: str, commit: str, remote: RemoteFile, blob: Path, bar_class: type) -> None:
+    """Fetch one file into a partial file that survives a killed run, then move it into the cache.
+
+    huggingface_hub resumes a dropped connection within one call (HTTP Range) but deletes its
+    temporary file when the process dies; keeping our own partial file extends resumption across runs.
+    """
+    part = _partial_path(model_id, remote)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    if _partial_size(model_id, remote) > remote.size:
+        part.unlink()
+    resume_from = _partial_size(model_id, remote)
+    url = hf_hub_url(model_id, remote.name, revision=commit, endpoint=_endpoint())
+    with part.open("ab") as handle:
+        http_get(
+            url,
+            handle,
+            resume_size=resume_from,
+            headers=build_hf_headers(library_name="docconv"),
+            expected_size=remote.size,
+            tqdm_class=bar_class,
+        )
+    actual = file_digest(part, remote.algo)
+    if actual != remote.digest:
+        part.unlink()
+        raise _corrupt(remote, actual)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(part, blob)
+
+
+def _corrupt(remote: RemoteFile, actual: str) -> CorruptDownloadError:
+    return CorruptDownloadError(
+        f"{remote.name} arrived corrupted ({remote.algo} {actual[:12]}..., hub says {remote.digest[:12]}...); "
+        "it was deleted, run the download again"
+    )
 
 
 def _check_received(snapshot: Path, remote: RemoteFile) -> None:
     actual = file_digest(snapshot / remote.name, remote.algo)
     if actual != remote.digest:
         _delete_cached_file(snapshot, remote.name)
-        raise CorruptDownloadError(
-            f"{remote.name} arrived corrupted ({remote.algo} {actual[:12]}..., hub says {remote.digest[:12]}...); "
-            "it was deleted, run the download again"
-        )
+        raise _corrupt(remote, actual)
 
 
 def _is_pinned_to(record: CachedModel, revision: str) -> bool:

@@ -11,7 +11,7 @@ It serves one or more repositories whose content is a local directory, with the 
 Like the real hub, ``*.safetensors`` files are LFS files (ETag = sha256 of the content) and the
 others are plain git blobs (ETag = git blob sha1). No Xet headers are ever sent, so downloads go
 over plain HTTP. Faults for tests: drop the connection part-way through a file once, serve a
-file with one byte flipped, answer slowly.
+file with one byte flipped, stall part-way through a file, answer slowly.
 """
 
 from __future__ import annotations
@@ -27,6 +27,17 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+#: huggingface_hub writes downloads in chunks of this size, so only whole chunks survive an interruption.
+HF_DOWNLOAD_CHUNK = 10 * 1024 * 1024
+
+
+def checkpoint_bigger_than_a_chunk(config: bytes) -> dict[str, bytes]:
+    """A valid checkpoint whose weights (~12 MB) span more than one download chunk."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    return {"config.json": config, "model.safetensors": save({"w": np.arange(3_000_000, dtype=np.float32)})}
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -88,6 +99,10 @@ class FakeHubState:
     drop_once: dict[str, int] = field(default_factory=dict)
     #: file names served with their middle byte flipped (headers still announce the true hash).
     corrupt: set[str] = field(default_factory=set)
+    #: file name -> bytes sent before the server stops sending (without closing) until it is stopped;
+    #: applied to the next full GET only. Lets a test kill a client in the middle of a file.
+    stall_once: dict[str, int] = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)
     #: file name -> seconds to wait before sending its body, so concurrent clients overlap.
     slow: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -119,6 +134,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self.state.stopping.set()
         if self._running:
             self._server.shutdown()
             self._running = False
@@ -222,9 +238,13 @@ class _HubHandler(BaseHTTPRequestHandler):
             return
         if send_body:
             time.sleep(self.state.slow.get(name, 0.0))
-        drop_after = self._take_drop(name) if send_body else None
+        drop_after = self._take(self.state.drop_once, name) if send_body else None
         if drop_after is not None:
             self._send_truncated(data, headers, drop_after)
+            return
+        stall_after = self._take(self.state.stall_once, name) if send_body else None
+        if stall_after is not None:
+            self._send_truncated(data, headers, stall_after, hang=True)
             return
         self._send(200, data, headers, send_body=send_body)
 
@@ -235,9 +255,9 @@ class _HubHandler(BaseHTTPRequestHandler):
         flipped[len(data) // 2] ^= 0xFF
         return bytes(flipped)
 
-    def _take_drop(self, name: str) -> int | None:
+    def _take(self, faults: dict[str, int], name: str) -> int | None:
         with self.state.lock:
-            return self.state.drop_once.pop(name, None)
+            return faults.pop(name, None)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str], send_body: bool) -> None:
         self.send_response(status)
@@ -248,8 +268,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(body)
 
-    def _send_truncated(self, data: bytes, headers: dict[str, str], sent: int) -> None:
-        """Announce the whole file, send part of it, then hang up like a flaky network would."""
+    def _send_truncated(self, data: bytes, headers: dict[str, str], sent: int, hang: bool = False) -> None:
+        """Announce the whole file, send part of it, then hang up (or go silent) like a flaky network."""
         self.send_response(200)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -257,6 +277,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data[:sent])
         self.wfile.flush()
+        if hang:
+            self.state.stopping.wait(timeout=60)
         self.close_connection = True
 
     def _error(self, status: int, code: str, extra: dict[str, str] | None = None) -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +17,9 @@ from docconv import weights
 from docconv.models_cli import models_app
 
 try:  # tests/ may or may not be a package (tests/__init__.py); support both layouts
-    from fake_hub import FakeHub, FakeRepo
+    from fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
 except ImportError:
-    from tests.fake_hub import FakeHub, FakeRepo
+    from tests.fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
 
 TINY_ID = "docconv-test/tiny-ocr"
 MODELS_ENTRY = "from docconv.models_cli import models_app; models_app()"
@@ -194,3 +195,31 @@ def test_two_processes_downloading_at_once_fetch_each_file_once(hub: FakeHub, ti
     for source in tiny_model_dir.iterdir():
         assert len(hub.full_file_gets(source.name)) == 1, source.name
     assert invoke("verify", TINY_ID).exit_code == 0
+
+
+def test_a_killed_download_resumes_where_it_stopped(hub: FakeHub, tiny_model_dir: Path) -> None:
+    files = checkpoint_bigger_than_a_chunk((tiny_model_dir / "config.json").read_bytes())
+    hub.add_repo(FakeRepo("docconv-test/big", files))
+    hub.state.stall_once["model.safetensors"] = HF_DOWNLOAD_CHUNK + 1024 * 1024
+    killed = run_process("download", "docconv-test/big", "--quiet")
+    partial = wait_for_partial_file(HF_DOWNLOAD_CHUNK)
+    killed.kill()
+    killed.communicate(timeout=10)
+
+    code, _, err = finish(run_process("download", "docconv-test/big", "--quiet"))
+
+    assert code == 0, err
+    gets = hub.file_gets("model.safetensors")
+    assert [g.headers.get("range") for g in gets] == [None, f"bytes={HF_DOWNLOAD_CHUNK}-"]
+    assert not partial.exists()
+    assert invoke("verify", "docconv-test/big").exit_code == 0
+
+
+def wait_for_partial_file(size: int) -> Path:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for part in weights.partial_dir().rglob("*.part"):
+            if part.stat().st_size >= size:
+                return part
+        time.sleep(0.05)
+    raise AssertionError(f"no partial download of {size} bytes appeared under {weights.partial_dir()}")

@@ -7,17 +7,15 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save
 
 from docconv import weights
 from docconv.engine import EngineError
 
 try:  # tests/ may or may not be a package (tests/__init__.py); support both layouts
-    from fake_hub import FakeHub, FakeRepo
+    from fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
 except ImportError:
-    from tests.fake_hub import FakeHub, FakeRepo
+    from tests.fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
 
 TINY_ID = "docconv-test/tiny-ocr"
 
@@ -78,19 +76,17 @@ def test_download_pins_the_commit_and_records_hub_hashes(hub: FakeHub) -> None:
 def test_download_resumes_with_a_range_request_after_the_connection_drops(
     hub: FakeHub, tiny_model_dir: Path
 ) -> None:
-    # huggingface_hub writes in 10 MiB chunks, so the weights must be larger than one chunk to resume mid-file.
-    big_weights = save({"w": np.arange(3_000_000, dtype=np.float32)})
-    files = {"config.json": (tiny_model_dir / "config.json").read_bytes(), "model.safetensors": big_weights}
+    files = checkpoint_bigger_than_a_chunk((tiny_model_dir / "config.json").read_bytes())
     hub.add_repo(FakeRepo("docconv-test/big", files))
-    hub.state.drop_once["model.safetensors"] = 11 * 1024 * 1024
+    hub.state.drop_once["model.safetensors"] = HF_DOWNLOAD_CHUNK + 1024 * 1024
 
     path = weights.resolve_model("docconv-test/big", progress=False)
 
     gets = hub.file_gets("model.safetensors")
     assert len(gets) == 2
     assert "range" not in gets[0].headers
-    assert gets[1].headers["range"] == f"bytes={10 * 1024 * 1024}-"
-    assert sha256(path / "model.safetensors") == hashlib.sha256(big_weights).hexdigest()
+    assert gets[1].headers["range"] == f"bytes={HF_DOWNLOAD_CHUNK}-"
+    assert sha256(path / "model.safetensors") == hashlib.sha256(files["model.safetensors"]).hexdigest()
 
 
 def test_verify_catches_a_flipped_byte_and_download_refetches_only_that_file(hub: FakeHub) -> None:
