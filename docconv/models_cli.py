@@ -64,11 +64,11 @@ def list_command() -> None:
     except WeightsError as error:
         _fail(error)
     table = Table(title=f"docconv models ({weights.cache_dir()})")
-    for column in ("id", "revision", "size", "path", "verified", "note"):
+    for column in ("id", "revision", "size", "path", "verified", "licence", "note"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
-            row.id, row.revision, _human_size(row.size_bytes), row.path or "-", row.verified, row.note
+            row.id, row.revision, _human_size(row.size_bytes), row.path or "-", row.verified, row.licence, row.note
         )
     Console().print(table)
 

@@ -151,7 +151,7 @@ REGISTRY: dict[str, KnownModel] = {
             id="deepseek-community/DeepSeek-OCR-2",
             revision="main",
             size_bytes=0,  # unknown until downloaded
-            licence="Apache-2.0",
+            licence="see model card",
             files=MODEL_FILE_PATTERNS,
             family="deepseek-ocr-2",
             runnable=False,
@@ -765,6 +765,7 @@ class ModelListing:
     size_bytes: int | None
     path: str | None
     verified: str  # yes | no | never | not downloaded
+    licence: str
     note: str
 
 
@@ -774,9 +775,10 @@ def list_models() -> list[ModelListing]:
     for known in REGISTRY.values():
         if known.id not in records:
             note = "known" if known.runnable else "known, not yet runnable"
-            rows.append(
-                ModelListing(known.id, known.revision, known.size_bytes or None, None, "not downloaded", note)
+            listing = ModelListing(
+                known.id, known.revision, known.size_bytes or None, None, "not downloaded", known.licence, note
             )
+            rows.append(listing)
     return sorted(rows, key=lambda row: row.id)
 
 
@@ -786,6 +788,6 @@ def _listing_for(record: CachedModel) -> ModelListing:
     known = REGISTRY.get(record.id)
     note = record.source if known is None or known.runnable else f"{record.source}, not yet runnable"
     present = record.directory.is_dir()
-    return ModelListing(
-        record.id, revision, record.size_on_disk() if present else None, record.path, verified, note
-    )
+    size = record.size_on_disk() if present else None
+    licence = known.licence if known else "-"
+    return ModelListing(record.id, revision, size, record.path, verified, licence, note)

@@ -96,7 +96,7 @@ def test_list_shows_revision_size_path_and_verified(hub: FakeHub) -> None:
     assert record.path in row
     assert "yes" in row
     default_row = next(line for line in listing.stdout.splitlines() if weights.DEFAULT_MODEL + " " in line)
-    assert "6.7 GB" in default_row and "not downloaded" in default_row
+    assert "6.7 GB" in default_row and "not downloaded" in default_row and "MIT" in default_row
 
 
 def test_verify_exit_codes_follow_a_flipped_byte_and_download_repairs_it(hub: FakeHub) -> None:

@@ -62,6 +62,15 @@ def test_first_resolve_downloads_each_file_once_and_the_second_makes_no_request(
     assert hub.requests == []
 
 
+def test_resolve_shows_download_progress_on_stderr(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    weights.resolve_model(TINY_ID)
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "model.safetensors" in captured.err
+    assert "2.3/2.3 MB" in captured.err
+
+
 def test_download_pins_the_commit_and_records_hub_hashes(hub: FakeHub) -> None:
     record = weights.download_model(TINY_ID, progress=False)
 
