@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import make_image, make_pdf, make_tiff
 from PIL import Image
 
 from docconv.inputs import InputError, resolve_inputs
 from docconv.pages import MAX_DPI, MIN_DPI, dpi_for, open_document, parse_pages, select_pages, to_rgb
+
+from .helpers import make_image, make_pdf, make_tiff
 
 
 def _open(path: Path, password: str | None = None):
