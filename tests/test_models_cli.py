@@ -23,6 +23,8 @@ except ImportError:
 
 TINY_ID = "docconv-test/tiny-ocr"
 MODELS_ENTRY = "from docconv.models_cli import models_app; models_app()"
+#: What a conversion does before loading the engine: turn --model into a checkpoint directory.
+RESOLVE_ENTRY = "import sys; from docconv.weights import resolve_model; print(resolve_model(sys.argv[1]))"
 
 
 @pytest.fixture
@@ -53,10 +55,10 @@ def invoke(*args: str):
     return CliRunner().invoke(models_app, list(args))
 
 
-def run_process(*args: str) -> subprocess.Popen[str]:
-    """``docconv models ARGS`` as a separate process, with the environment the test set up."""
+def run_process(*args: str, entry: str = MODELS_ENTRY) -> subprocess.Popen[str]:
+    """``docconv models ARGS`` (or another entry) as a separate process, in the test's environment."""
     return subprocess.Popen(
-        [sys.executable, "-c", MODELS_ENTRY, *args],
+        [sys.executable, "-c", entry, *args],
         env=dict(os.environ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -172,22 +174,25 @@ def test_offline_process_exits_3_without_traceback(hub: FakeHub, monkeypatch: py
     assert hub.requests == []
 
 
-def test_process_downloads_once_then_runs_without_network(hub: FakeHub) -> None:
+def test_process_downloads_once_then_a_conversion_resolves_without_network(hub: FakeHub) -> None:
     code, _, err = finish(run_process("download", TINY_ID))
     assert code == 0, err
     assert "model.safetensors" in err
     hub.clear_requests()
 
-    code, out, _ = finish(run_process("path", TINY_ID))
-    assert code == 0 and out.strip() == weights.load_records()[TINY_ID].path
+    code, out, err = finish(run_process(TINY_ID, entry=RESOLVE_ENTRY))
+    assert code == 0, err
+    assert out.strip() == weights.load_records()[TINY_ID].path
     assert hub.requests == []
 
 
-def test_two_processes_downloading_at_once_fetch_each_file_once(hub: FakeHub, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("entry", [MODELS_ENTRY, RESOLVE_ENTRY], ids=["models-download", "conversion"])
+def test_two_processes_at_once_fetch_each_file_once(hub: FakeHub, tiny_model_dir: Path, entry: str) -> None:
     # A slow weights file keeps the first download running while the second process starts.
     hub.state.slow["model.safetensors"] = 2.0
+    args = ("download", TINY_ID) if entry == MODELS_ENTRY else (TINY_ID,)
 
-    first, second = run_process("download", TINY_ID), run_process("download", TINY_ID)
+    first, second = run_process(*args, entry=entry), run_process(*args, entry=entry)
     results = [finish(first), finish(second)]
 
     assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
