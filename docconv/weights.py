@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -273,16 +273,15 @@ def _forget_record(model_id: str) -> None:
 
 
 @contextlib.contextmanager
-def model_lock(model_id: str, announce: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold the per-model lock; tell the user when another process holds it."""
+def model_lock(model_id: str) -> Iterator[None]:
+    """Hold the per-model lock; tell the user (stderr) when another process holds it."""
     lock_dir = cache_dir() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(lock_dir / f"{_repo_folder(model_id)}.lock"))
     try:
         lock.acquire(timeout=0.5)
     except filelock.Timeout:
-        if announce:
-            announce(f"waiting for another docconv process using {model_id} ...")
+        _say(f"waiting for another docconv process using {model_id} ...")
         lock.acquire()
     try:
         yield
@@ -514,7 +513,7 @@ def download_model(model_id: str, revision: str | None = None, progress: bool = 
     A model already downloaded at this revision is re-hashed (no network); only files whose hash does
     not match are deleted and fetched again. Otherwise the hub is asked which commit ``revision`` is.
     """
-    with model_lock(model_id, announce=_say):
+    with model_lock(model_id):
         return _download_locked(model_id, _requested_revision(model_id, revision), progress)
 
 
@@ -658,7 +657,7 @@ def resolve_model(model: str, revision: str | None = None, offline: bool = False
         return _local_checkpoint(local)
     requested = _requested_revision(model, revision)
     # One lock over look-up and download: a second process waits, then finds the finished snapshot.
-    with model_lock(model, announce=_say):
+    with model_lock(model):
         record = load_records().get(model)
         if record is not None and _serves(record, requested):
             return record.directory
@@ -738,7 +737,7 @@ class VerifyReport:
 
 def verify_model(model_id: str) -> VerifyReport:
     """Re-hash every file against the hashes recorded at download/import; record the outcome."""
-    with model_lock(model_id, announce=_say):
+    with model_lock(model_id):
         record = get_record(model_id)
         bad = _mismatched_files(record.directory, record.files)
         updated = replace(record, verified=not bad, verified_at=_now())
@@ -748,7 +747,7 @@ def verify_model(model_id: str) -> VerifyReport:
 
 def remove_model(model_id: str) -> CachedModel:
     """Forget a model and delete the files docconv owns (never a hand-copied dir nor the HF cache)."""
-    with model_lock(model_id, announce=_say):
+    with model_lock(model_id):
         record = get_record(model_id)
         if record.source == "hub":
             shutil.rmtree(hub_cache_dir() / _repo_folder(model_id), ignore_errors=True)
