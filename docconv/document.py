@@ -36,6 +36,7 @@ class Block:
     table: Table | None = None
     image_path: str | None = None  # figure crop, relative to the output file
     caption: str | None = None
+    level: int = 0  # heading level for title/sub_title (1 = "#"), 0 otherwise
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
