@@ -68,11 +68,11 @@ _SPECIAL_TOKEN = re.compile(r"<\|[^|<>\n]{0,64}\|>|<｜[^｜<>\n]{0,64}｜>")
 _CENTER_TAG = re.compile(r"</?center>", re.IGNORECASE)
 _NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
 _BOX = re.compile(r"\[" + ",".join([_NUMBER] * 4) + r"\]")
-_BOX_PAYLOAD_PREFIX = re.compile(r"[\s\d,.\[\]-]*")
 _TABLE = re.compile(r"<table\b.*?(?:</table\s*>|\Z)", re.IGNORECASE | re.DOTALL)
 _BARE_ROWS = re.compile(r"<(?:tr|td|th)\b", re.IGNORECASE)
 _HEADING = re.compile(r"^(#{1,6})[ \t]+")
 _MAX_LABEL = 40
+_TABLE_TAG_CHARS = set("<>/tdrh \n\t")
 
 
 @dataclass
@@ -133,14 +133,24 @@ def cut_repetition_loop(text: str, min_unit: int = 20, min_repeats: int = 4) -> 
         if stripped[n - 2 * period : n - period] != stripped[n - period :]:
             continue
         length = _periodic_suffix_length(stripped, period)
-        unit = stripped[n - length : n - length + period]
-        if length >= period * _required_repeats(unit, min_unit, min_repeats):
-            return stripped[: n - length + period], True
+        start = n - length
+        if length >= period * _required_repeats(stripped[start : start + period], min_unit, min_repeats):
+            return stripped[: _natural_cut(stripped, start + period, period)], True
     return text, False
 
 
+def _natural_cut(text: str, first: int, period: int) -> int:
+    """Where to end the one kept occurrence: after a newline, a tag or a space if the unit has one."""
+    window = range(first, first + period)
+    for boundary in ("\n", ">", " "):
+        for position in window:
+            if text[position - 1] == boundary:
+                return position
+    return first
+
+
 def _required_repeats(unit: str, min_unit: int, min_repeats: int) -> int:
-    if not re.sub(r"</?(?:td|tr|th)>|\s", "", unit):
+    if set(unit) <= _TABLE_TAG_CHARS:  # a rotation of "<td></td>" and the like
         return 50
     if len(unit) >= min_unit:
         return min_repeats
@@ -197,19 +207,32 @@ def _split_records(raw: str, parsed: ParsedPage) -> list[_Record]:
     if state in ("label", "det"):
         parsed.add_reason(REASON_TRUNCATED)
     for record in records:
-        _move_unclosed_payload_tail_to_content(record)
+        _move_non_box_text_to_content(record)
     return [r for r in records if r.label or r.payload is not None or "".join(r.content).strip()]
 
 
-def _move_unclosed_payload_tail_to_content(record: _Record) -> None:
-    # Without <|/det|> the payload would swallow the content: only a box-like prefix is payload.
+def _move_non_box_text_to_content(record: _Record) -> None:
+    # The payload is one bracketed box list; whatever follows it (or a payload that is no
+    # list at all) is text the model wrote, e.g. after a missing <|/det|>: it is content.
     if record.payload is None:
         return
-    prefix = _BOX_PAYLOAD_PREFIX.match(record.payload)
-    end = prefix.end() if prefix else 0
+    end = _box_list_end(record.payload)
     if end < len(record.payload):
         record.content.insert(0, record.payload[end:])
         record.payload = record.payload[:end]
+
+
+def _box_list_end(payload: str) -> int:
+    """End of the leading bracket-balanced list (the whole rest when it never closes)."""
+    start = len(payload) - len(payload.lstrip())
+    if not payload.startswith("[", start):
+        return start
+    depth = 0
+    for index in range(start, len(payload)):
+        depth += {"[": 1, "]": -1}.get(payload[index], 0)
+        if depth == 0:
+            return index + 1
+    return len(payload)
 
 
 def parse_boxes(payload: str, width: int, height: int) -> tuple[list[BBox], bool]:
@@ -219,7 +242,7 @@ def parse_boxes(payload: str, width: int, height: int) -> tuple[list[BBox], bool
     """
     boxes: list[BBox] = []
     found = _BOX.findall(payload)
-    dropped = len(found) < max(payload.count("[") - 1, 1 if re.search(r"\d", payload) else 0)
+    dropped = len(found) < max(payload.count("[") - 1, 1 if payload.strip() else 0)
     for values in found:
         coords = [float(v) for v in values]
         if not all(0 <= v <= 1000 for v in coords):
