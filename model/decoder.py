@@ -148,23 +148,20 @@ class MoeMlp(nn.Module):
         return routed
 
     def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of the chosen experts per token, accumulated in float32."""
+        """Weighted sum of the chosen experts per token, in float32 as the reference ``moe_infer``."""
         top_k = ids.shape[1]
         flat_ids = ids.flatten()
         order = flat_ids.argsort()
         counts = torch.bincount(flat_ids, minlength=len(self.experts)).tolist()
-        token_of = order // top_k
-        weight_of = weights.flatten()[order]
-        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        start = 0
+        sorted_tokens = x[order // top_k]
+        outputs, start = [], 0
         for expert_id, count in enumerate(counts):
-            if count == 0:
-                continue
-            tokens = token_of[start : start + count]
-            expert_out = self.experts[expert_id](x[tokens]).float()
-            out.index_add_(0, tokens, expert_out * weight_of[start : start + count, None])
-            start += count
-        return out
+            if count:
+                outputs.append(self.experts[expert_id](sorted_tokens[start : start + count]))
+                start += count
+        per_choice = torch.empty((flat_ids.shape[0], x.shape[1]), dtype=outputs[0].dtype, device=x.device)
+        per_choice[order] = torch.cat(outputs)
+        return (per_choice.view(-1, top_k, x.shape[1]).float() * weights[..., None]).sum(dim=1)
 
 
 class DecoderLayer(nn.Module):
