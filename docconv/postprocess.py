@@ -71,7 +71,10 @@ _BOX = re.compile(r"\[" + ",".join([_NUMBER] * 4) + r"\]")
 _TABLE = re.compile(r"<table\b.*?(?:</table\s*>|\Z)", re.IGNORECASE | re.DOTALL)
 _BARE_ROWS = re.compile(r"<(?:tr|td|th)\b", re.IGNORECASE)
 _HEADING = re.compile(r"^(#{1,6})[ \t]+")
-_MAX_LABEL = 40
+_UNCLOSED_BOX_LIST = re.compile(r"[\[\]\d\s,.-]*")
+_KNOWN_LABEL = re.compile(
+    r"\s*(" + "|".join(sorted(map(re.escape, LABEL_TYPES), key=len, reverse=True)) + ")", re.IGNORECASE
+)
 _TABLE_TAG_CHARS = set("<>/tdrh \n\t")
 
 
@@ -179,36 +182,46 @@ def _split_records(raw: str, parsed: ParsedPage) -> list[_Record]:
     state = "content"
     for piece in _GROUNDING_TOKEN.split(raw):
         current = records[-1]
+        if state == "label" and piece not in ("<|/ref|>", "") and piece.startswith("<|"):
+            _settle_unclosed_label(current)
+            state = "content"
         if piece == "<|ref|>":
             records.append(_Record())
             state = "label"
         elif piece == "<|/ref|>":
             state = "after_label" if state == "label" else state
         elif piece == "<|det|>":
-            if state == "content" and (current.payload is not None or "".join(current.content).strip()):
+            if state in ("content", "det") and (
+                current.payload is not None or "".join(current.content).strip()
+            ):
                 records.append(_Record())  # a box list without a label starts a record
             records[-1].payload = records[-1].payload or ""
             state = "det"
         elif piece == "<|/det|>":
             state = "content"
         elif state == "label":
-            label, _, rest = piece.partition("\n")
-            if len(label) > _MAX_LABEL:  # no closing tag: this is content, not a label
-                label, rest = "", piece
-            current.label += label
-            current.content.append(rest)
-            state = "content" if rest else state
+            current.label += piece
         elif state == "det":
             current.payload = (current.payload or "") + piece
         else:
             current.content.append(piece)
             if state == "after_label" and piece.strip():
                 state = "content"
+    if state == "label":
+        _settle_unclosed_label(records[-1])
     if state in ("label", "det"):
         parsed.add_reason(REASON_TRUNCATED)
     for record in records:
         _move_non_box_text_to_content(record)
     return [r for r in records if r.label or r.payload is not None or "".join(r.content).strip()]
+
+
+def _settle_unclosed_label(record: _Record) -> None:
+    # Without <|/ref|> only a known label word is markup; the rest is what the model wrote.
+    match = _KNOWN_LABEL.match(record.label)
+    label = match.group(1) if match else ""
+    record.content.insert(0, record.label[match.end() if match else 0 :])
+    record.label = label
 
 
 def _move_non_box_text_to_content(record: _Record) -> None:
@@ -223,16 +236,24 @@ def _move_non_box_text_to_content(record: _Record) -> None:
 
 
 def _box_list_end(payload: str) -> int:
-    """End of the leading bracket-balanced list (the whole rest when it never closes)."""
-    start = len(payload) - len(payload.lstrip())
-    if not payload.startswith("[", start):
-        return start
-    depth = 0
-    for index in range(start, len(payload)):
-        depth += {"[": 1, "]": -1}.get(payload[index], 0)
-        if depth == 0:
-            return index + 1
-    return len(payload)
+    """End of the leading box lists (bracket-balanced, possibly several in a row).
+
+    A list that never closes ends at its last box character, so text after a truncated
+    payload stays content.
+    """
+    end = 0
+    while True:
+        start = end + len(payload[end:]) - len(payload[end:].lstrip(" \t\n,"))
+        if not payload.startswith("[", start):
+            return end
+        depth = 0
+        for index in range(start, len(payload)):
+            depth += {"[": 1, "]": -1}.get(payload[index], 0)
+            if depth == 0:
+                end = index + 1
+                break
+        else:
+            return _UNCLOSED_BOX_LIST.match(payload, start).end()  # type: ignore[union-attr]
 
 
 def parse_boxes(payload: str, width: int, height: int) -> tuple[list[BBox], bool]:

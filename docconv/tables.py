@@ -59,6 +59,8 @@ class _TableParser(HTMLParser):
             self._close_cell()
 
     def handle_data(self, data: str) -> None:
+        if self._cell is None and data.strip():
+            self.handle_starttag("td", [])  # text outside any cell is still table content
         if self._cell is not None:
             self._parts.append(data)
 
