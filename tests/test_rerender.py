@@ -170,7 +170,7 @@ def test_bad_raw_files_give_a_one_line_error_naming_the_file(
 
 def test_image_option_needs_a_single_page(tmp_path: Path) -> None:
     raw_file = tmp_path / "two.raw.txt"
-    raw_file.write_text(f"a\n<--- Page Split --->\nb", encoding="utf-8")
+    raw_file.write_text("a\n<--- Page Split --->\nb", encoding="utf-8")
     image_path = tmp_path / "p.png"
     red_square_image(10).save(image_path)
     with pytest.raises(RerenderError, match="single-page"):
