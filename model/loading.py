@@ -32,6 +32,8 @@ KEEP_UNQUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", 
 #: nf4 with double quantization: 4 bits + an 8-bit absmax per 64 + second-level constants).
 _QUANT_BYTES = {"8bit": 1.0 + 4 / 1280, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
 
+_NF4_BLOCK = 64
+
 #: Activations, KV cache and allocator slack on top of the weights.
 _RUNTIME_HEADROOM = 1.15
 
@@ -118,19 +120,27 @@ def estimate_weight_bytes(config: DeepseekOcrConfig, dtype: torch.dtype, quant: 
     with torch.device("meta"):
         model = DeepseekOcrForConditionalGeneration(config)
     element = torch.finfo(dtype).bits // 8
-    quantized = sum(m.weight.numel() for m in quantizable_linears(model)) if quant != "none" else 0
+    quantized = (
+        sum(m.weight.numel() for m in quantizable_linears(model, quant).values()) if quant != "none" else 0
+    )
     total = sum(p.numel() for p in model.parameters())
     per_quantized = _QUANT_BYTES.get(quant, element)
     return int((total - quantized) * element + quantized * per_quantized)
 
 
-def quantizable_linears(model: nn.Module) -> list[nn.Linear]:
-    """The nn.Linear layers bitsandbytes replaces (the decoder's, minus lm_head)."""
-    return [
-        module
+def quantizable_linears(model: nn.Module, quant: str) -> dict[str, nn.Linear]:
+    """The nn.Linear layers bitsandbytes replaces: the decoder's, minus lm_head.
+
+    bitsandbytes' CPU 4-bit kernels work on blocks of 64 input features; a layer whose input
+    width is not a multiple of that (only in tiny test configs) stays unquantized.
+    """
+    return {
+        name: module
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not any(name.startswith(keep) for keep in KEEP_UNQUANTIZED)
-    ]
+        if isinstance(module, nn.Linear)
+        and not any(name.startswith(keep) for keep in KEEP_UNQUANTIZED)
+        and not (quant == "4bit" and module.in_features % _NF4_BLOCK)
+    }
 
 
 def plan_runtime(
@@ -231,19 +241,27 @@ def check_memory(config: DeepseekOcrConfig, plan: RuntimePlan) -> None:
         )
 
 
-def quantization_config(plan: RuntimePlan):
+def quantization_config(plan: RuntimePlan, config: DeepseekOcrConfig):
     if plan.quant == "none":
         return None
     from transformers import BitsAndBytesConfig
 
+    with torch.device("meta"):
+        model = DeepseekOcrForConditionalGeneration(config)
+    quantized = quantizable_linears(model, plan.quant)
+    keep = KEEP_UNQUANTIZED + [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name not in quantized
+    ]
     if plan.quant == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=KEEP_UNQUANTIZED)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=plan.dtype,
-        llm_int8_skip_modules=KEEP_UNQUANTIZED,
+        llm_int8_skip_modules=keep,
     )
 
 
@@ -257,7 +275,7 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
     config = load_config(directory)
     check_tensors(directory, config)
     check_memory(config, plan)
-    quantization = quantization_config(plan)
+    quantization = quantization_config(plan, config)
     model = DeepseekOcrForConditionalGeneration.from_pretrained(
         directory,
         config=config,
