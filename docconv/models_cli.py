@@ -85,6 +85,9 @@ def download_command(
     except WeightsError as error:
         _fail(error)
     typer.echo(f"{record.id} @ {record.commit} ready in {record.path}", err=True)
+    known = weights.REGISTRY.get(model_id)
+    if known is not None and not known.runnable:
+        typer.echo(f"note: {model_id} ({known.family}) cannot be run by docconv's engine yet", err=True)
 
 
 @models_app.command("path")
