@@ -16,10 +16,7 @@ from typer.testing import CliRunner
 from docconv import weights
 from docconv.models_cli import models_app
 
-try:  # tests/ may or may not be a package (tests/__init__.py); support both layouts
-    from fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
-except ImportError:
-    from tests.fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
+from .fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
 
 TINY_ID = "docconv-test/tiny-ocr"
 MODELS_ENTRY = "from docconv.models_cli import models_app; models_app()"
