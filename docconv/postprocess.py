@@ -370,35 +370,46 @@ def _grounded_blocks(records: list[_Record], width: int, height: int, parsed: Pa
     blocks: list[Block] = []
     waiting: Block | None = None  # an empty "table" record whose HTML comes with its caption
     for record in records:
-        boxes: list[BBox] = []
-        if record.payload is not None:
-            boxes, dropped = parse_boxes(record.payload, width, height)
-            if dropped:
-                parsed.add_warning("malformed box dropped")
-        label_type = LABEL_TYPES.get(record.label.strip().lower(), "text")
-        if label_type == "image" and record.payload is not None and not boxes:
-            parsed.add_reason(REASON_BOX)  # the figure itself is lost
-        if label_type not in _TABLE_COMPANIONS:
+        boxes = _record_boxes(record, width, height, parsed)
+        segments = _split_tables(
+            clean_content("".join(record.content)), LABEL_TYPES.get(record.label.strip().lower(), "")
+        )
+        leading = []
+        while segments and segments[0][0] == "text":
+            leading.append(segments.pop(0)[1].strip("\n"))
+        own = _block(record.label, "\n\n".join(leading), boxes)
+        if own.type not in _TABLE_COMPANIONS:
             waiting = None
-        segments = _split_tables(clean_content("".join(record.content)), label_type)
-        own = _block(record.label, "\n\n".join(v.strip("\n") for k, v in segments if k == "text"), boxes)
-        if label_type == "table" and not segments:
+        if own.type == "table" and segments:
+            if own.text:  # words the model put before the table's HTML
+                blocks.append(Block(type="text", text=own.text, label=record.label))
+            blocks.append(_table_block(own, segments.pop(0)[1]))
+        elif own.type == "table" and not own.text:
             blocks.append(own)
             waiting = own
-            continue
-        tables = [v for k, v in segments if k == "table"]
-        if own.type == "table" and tables:
-            blocks.append(_table_block(own, tables.pop(0)))
         elif own.text or own.type == "image" or boxes:
             blocks.append(own)
-        for html in tables:
-            if waiting is not None:
+        for kind, value in segments:
+            if kind == "text":
+                blocks.append(Block(type="text", text=value.strip("\n"), label=record.label))
+            elif waiting is not None:
                 blocks.remove(waiting)  # its HTML arrived here: keep the raw reading order
-                blocks.append(_table_block(waiting, html))
+                blocks.append(_table_block(waiting, value))
                 waiting = None
             else:
-                blocks.append(_table_block(Block(type="table", text="", label=""), html))
+                blocks.append(_table_block(Block(type="table", text="", label=""), value))
     return blocks
+
+
+def _record_boxes(record: _Record, width: int, height: int, parsed: ParsedPage) -> list[BBox]:
+    if record.payload is None:
+        return []
+    boxes, dropped = parse_boxes(record.payload, width, height)
+    if dropped:
+        parsed.add_warning("malformed box dropped")
+    if not boxes and LABEL_TYPES.get(record.label.strip().lower()) == "image":
+        parsed.add_reason(REASON_BOX)  # the figure itself is lost
+    return boxes
 
 
 def _mark_truncated_tables(text: str, parsed: ParsedPage) -> None:

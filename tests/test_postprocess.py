@@ -95,6 +95,19 @@ def test_table_html_arriving_with_its_caption_is_attached_to_the_table_record() 
     assert blocks[0].text == "健康问卷"
 
 
+def test_text_around_a_table_is_kept_in_reading_order() -> None:
+    raw = record(
+        "table", "[[1, 2, 300, 400]]", "Table 3: costs\n<table><tr><td>a</td></tr></table>\nSource: survey"
+    )
+    blocks = parse_page(raw, 999, 999).blocks
+    assert [(b.type, b.text if b.type != "table" else "") for b in blocks] == [
+        ("text", "Table 3: costs"),
+        ("table", ""),
+        ("text", "Source: survey"),
+    ]
+    assert blocks[1].bboxes == [(1, 2, 300, 400)]
+
+
 def test_figure_gets_the_caption_that_follows_it() -> None:
     raw = record("image", "[[530, 310, 905, 666]]") + record(
         "image_caption", "[[515, 677, 912, 704]]", "<center>Figure 1: Four examples </center>"

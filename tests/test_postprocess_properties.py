@@ -60,7 +60,7 @@ MARKUP = st.sampled_from(
 @st.composite
 def fragments(draw: st.DrawFn) -> list[tuple[str, bool]]:
     """Tag soup as (fragment, is_content) pairs; records may lose any closing tag."""
-    kind = st.sampled_from(["ref", "det", "markup", "free", "free"])
+    kind = st.sampled_from(["ref", "det", "markup", "record", "table", "free", "free"])
     parts: list[tuple[str, bool]] = []
     for _ in range(draw(st.integers(0, 25))):
         choice = draw(kind)
@@ -70,6 +70,10 @@ def fragments(draw: st.DrawFn) -> list[tuple[str, bool]]:
         elif choice == "det":
             closing = draw(st.sampled_from(["<|/det|>", "<|/det|>", ""]))
             parts.append((f"<|det|>{draw(PAYLOAD)}{closing}", False))
+        elif choice == "record":  # a complete, well-formed record
+            parts.append((f"<|ref|>{draw(LABEL)}<|/ref|><|det|>{draw(PAYLOAD)}<|/det|>\n", False))
+        elif choice == "table":
+            parts.extend([("<table><tr><td>", False), (draw(FREE), True), ("</td></tr></table>", False)])
         elif choice == "markup":
             parts.append((draw(MARKUP), False))
         else:
