@@ -182,7 +182,7 @@ def _split_records(raw: str, parsed: ParsedPage) -> list[_Record]:
     state = "content"
     for piece in _GROUNDING_TOKEN.split(raw):
         current = records[-1]
-        if state == "label" and piece not in ("<|/ref|>", "") and piece.startswith("<|"):
+        if state == "label" and piece in ("<|ref|>", "<|det|>", "<|/det|>"):
             _settle_unclosed_label(current)
             state = "content"
         if piece == "<|ref|>":

@@ -246,7 +246,13 @@ def output_stem(raw_path: Path) -> str:
 def _output_files(raw_paths: list[Path], output: Path, extension: str) -> list[Path]:
     if len(raw_paths) == 1 and not output.is_dir() and output.suffix:
         return [output]
-    return [output / f"{output_stem(path)}{extension}" for path in raw_paths]
+    targets = [output / f"{output_stem(path)}{extension}" for path in raw_paths]
+    if len(set(targets)) < len(targets):
+        clash = next(t for t in targets if targets.count(t) > 1)
+        raise RerenderError(
+            f"{clash}: several raw inputs would write this file; rerender them one at a time with -o FILE"
+        )
+    return targets
 
 
 def rerender_files(

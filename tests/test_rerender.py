@@ -180,3 +180,16 @@ def test_image_option_needs_a_single_page(tmp_path: Path) -> None:
 def test_output_stem_strips_raw_suffixes() -> None:
     names = ["paper.raw.json", "X_det.mmd", "p1.raw.txt", "notes.txt"]
     assert [output_stem(Path(n)) for n in names] == ["paper", "X", "p1", "notes"]
+
+
+def test_inputs_with_the_same_stem_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "scan.raw.txt").write_text(TABLE_PAGE, encoding="utf-8")
+    with pytest.raises(RerenderError, match="several raw inputs"):
+        rerender_files(
+            [tmp_path / "a" / "scan.raw.txt", tmp_path / "b" / "scan.raw.txt"],
+            tmp_path / "out",
+            RenderOptions(),
+        )
+    assert not (tmp_path / "out").exists()
