@@ -36,6 +36,8 @@ PAGE_SPLIT = "<--- Page Split --->"
 REASON_LOOP = "repetition loop cut"
 REASON_TRUNCATED = "truncated output"
 REASON_BOX = "malformed box"
+#: Not detected by the parser (it needs the engine's stop reason) but shared by every caller.
+REASON_TOKEN_LIMIT = "hit the token limit (--max-tokens)"
 
 #: Model label -> block type. Unknown labels become "text" (their label is kept on the block).
 LABEL_TYPES: dict[str, str] = {

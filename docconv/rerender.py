@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from docconv.document import Document, Page
 from docconv.fsutil import atomic_write_text
-from docconv.postprocess import parse_page, split_raw_pages
+from docconv.postprocess import REASON_TOKEN_LIMIT, parse_page, split_raw_pages
 from docconv.writers import (
     EXTENSIONS,
     RenderOptions,
@@ -224,8 +224,9 @@ def rerender_document(
             page.width, page.height = page_image.size
         parsed = parse_page(page.raw, page.width, page.height)
         page.blocks = parsed.blocks
-        page.degraded = page.degraded or parsed.degraded
-        page.degraded_reasons = list(dict.fromkeys([*page.degraded_reasons, *parsed.reasons]))
+        token_limit = [REASON_TOKEN_LIMIT] if page.stop_reason == "max_tokens" else []
+        page.degraded_reasons = list(dict.fromkeys([*page.degraded_reasons, *parsed.reasons, *token_limit]))
+        page.degraded = bool(page.degraded_reasons)
         has_figures = any(block.type == "image" and block.bboxes for block in page.blocks)
         if page_image is not None and images_dir is not None:
             save_figures(page, page_image, images_dir, link_prefix)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from docconv.document import Document, Page
-from docconv.postprocess import parse_page
+from docconv.postprocess import REASON_TOKEN_LIMIT, parse_page
 from docconv.rerender import RerenderError, load_raw, output_stem, raw_record, rerender_files, write_raw_file
 from docconv.writers import RenderOptions, render_document
 
@@ -193,3 +193,16 @@ def test_inputs_with_the_same_stem_do_not_overwrite_each_other(tmp_path: Path) -
             RenderOptions(),
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_page_that_hit_the_token_limit_is_degraded_after_rerender(tmp_path: Path) -> None:
+    doc = kept_raw_document("gone.pdf")
+    doc.pages[1].stop_reason = "max_tokens"
+    raw_file = tmp_path / "doc.raw.json"
+    write_raw_file(raw_file, doc)
+    rerender_files([raw_file], tmp_path / "doc.json", RenderOptions(format="json"), stderr=io.StringIO())
+    pages = json.loads((tmp_path / "doc.json").read_text(encoding="utf-8"))["pages"]
+    assert [(p["degraded"], p["degraded_reasons"]) for p in pages] == [
+        (False, []),
+        (True, [REASON_TOKEN_LIMIT]),
+    ]

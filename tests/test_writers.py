@@ -145,3 +145,17 @@ def test_figures_are_cropped_from_the_page_image_and_linked(
         colours = crop.convert("RGB").getcolors()
         assert colours is not None and max(colours)[1] == (255, 0, 0)
     assert "![Figure 1: red square](report_images/1_0.png)" in render_document(doc, RenderOptions())
+
+
+def test_a_figure_with_several_boxes_is_one_crop_around_all_of_them(tmp_path: Path) -> None:
+    raw = "<|ref|>image<|/ref|><|det|>[[0, 0, 99, 99], [899, 899, 999, 999]]<|/det|>\n"
+    page = make_page(3, raw)
+    save_figures(page, Image.new("RGB", (1000, 1000), "white"), tmp_path, "img/")
+    assert [b.image_path for b in page.blocks] == ["img/3_0.png"]
+    with Image.open(tmp_path / "3_0.png") as crop:
+        assert crop.size == (1000, 1000)
+
+
+def test_raw_task_writes_the_model_text_unchanged(doc: Document) -> None:
+    assert render_document(doc, RenderOptions(task="raw")).startswith(RAW_PAGE_1.strip("\n"))
+    assert "<pre>&lt;|ref|&gt;title" in render_document(doc, RenderOptions(format="html", task="raw"))
