@@ -106,7 +106,10 @@ def resolve_inputs(
     owners: dict[PurePosixPath, str] = {}
     for given in paths:
         for item in _expand(given, glob, stdin):
-            if isinstance(item, InputDocument) and owners.setdefault(item.relative, item.source) != item.source:
+            if (
+                isinstance(item, InputDocument)
+                and owners.setdefault(item.relative, item.source) != item.source
+            ):
                 item = InputFailure(item.source, _collision_message(owners[item.relative]))
             (documents if isinstance(item, InputDocument) else failures).append(item)
     return ResolvedInputs(documents, failures)

@@ -72,7 +72,9 @@ class Journal:
     def _open_for_append(self) -> IO[str]:
         if self._handle is None:
             # Rewrite what survived (drops a torn last line) so appends start on a clean line.
-            lines = [_header(self._digest)] + [json.dumps(p.to_dict(), ensure_ascii=False) for p in self._pages()]
+            lines = [_header(self._digest)] + [
+                json.dumps(p.to_dict(), ensure_ascii=False) for p in self._pages()
+            ]
             atomic_write_text(self.path, "\n".join(lines) + "\n")
             self._handle = self.path.open("a", encoding="utf-8")
         return self._handle

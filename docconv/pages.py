@@ -223,6 +223,7 @@ def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
 
 # ---------------------------------------------------------------- --pages
 
+
 @dataclass(frozen=True)
 class PageRange:
     start: int | None  # 1-based, negative counts from the end, None = first page

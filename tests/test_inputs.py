@@ -20,10 +20,18 @@ def test_type_comes_from_content_not_extension(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "image_format", "kind"),
-    [("a.png", "PNG", "png"), ("a.jpg", "JPEG", "jpeg"), ("a.webp", "WEBP", "webp"),
-     ("a.bmp", "BMP", "bmp"), ("a.gif", "GIF", "gif"), ("a.tif", "TIFF", "tiff")],
+    [
+        ("a.png", "PNG", "png"),
+        ("a.jpg", "JPEG", "jpeg"),
+        ("a.webp", "WEBP", "webp"),
+        ("a.bmp", "BMP", "bmp"),
+        ("a.gif", "GIF", "gif"),
+        ("a.tif", "TIFF", "tiff"),
+    ],
 )
-def test_every_supported_image_type_is_recognised(tmp_path: Path, name: str, image_format: str, kind: str) -> None:
+def test_every_supported_image_type_is_recognised(
+    tmp_path: Path, name: str, image_format: str, kind: str
+) -> None:
     path = make_image(tmp_path / name, image_format=image_format)
     assert resolve_inputs([str(path)]).documents[0].kind == kind
 

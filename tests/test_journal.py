@@ -9,8 +9,14 @@ from docconv.journal import Journal, fingerprint, journal_path
 
 
 def _page(number: int) -> Page:
-    return Page(number=number, width=10, height=20, mode="base", raw=f"raw {number}",
-                blocks=[Block(type="text", text=f"text {number}", bboxes=[(0, 0, 5, 5)])])
+    return Page(
+        number=number,
+        width=10,
+        height=20,
+        mode="base",
+        raw=f"raw {number}",
+        blocks=[Block(type="text", text=f"text {number}", bboxes=[(0, 0, 5, 5)])],
+    )
 
 
 def test_recorded_pages_survive_a_new_journal(tmp_path: Path) -> None:

@@ -20,8 +20,14 @@ def _open(path: Path, password: str | None = None):
 
 @pytest.mark.parametrize(
     ("spec", "count", "expected"),
-    [("1-3,7,-1", 10, [0, 1, 2, 6, 9]), ("-3--1", 5, [2, 3, 4]), ("5-", 6, [4, 5]),
-     ("-2", 5, [3]), ("2,2,1", 3, [0, 1]), ("1-100", 3, [0, 1, 2])],
+    [
+        ("1-3,7,-1", 10, [0, 1, 2, 6, 9]),
+        ("-3--1", 5, [2, 3, 4]),
+        ("5-", 6, [4, 5]),
+        ("-2", 5, [3]),
+        ("2,2,1", 3, [0, 1]),
+        ("1-100", 3, [0, 1, 2]),
+    ],
 )
 def test_page_selection(spec: str, count: int, expected: list[int]) -> None:
     assert parse_pages(spec).indices(count) == expected
@@ -137,8 +143,13 @@ def test_corpus_encrypted_pdfs_open_with_their_password(corpus_root: Path, name:
 
 @pytest.mark.parametrize(
     "name",
-    ["pillow_i_trns.png", "pillow_apng_mode_16bit.png", "pillow_pil_sample_cmyk.jpg",
-     "rapidocr_black_font_color_transparent.png", "qpdf_page-no-content-no-mediabox.pdf"],
+    [
+        "pillow_i_trns.png",
+        "pillow_apng_mode_16bit.png",
+        "pillow_pil_sample_cmyk.jpg",
+        "rapidocr_black_font_color_transparent.png",
+        "qpdf_page-no-content-no-mediabox.pdf",
+    ],
 )
 def test_corpus_odd_but_valid_inputs_render_as_rgb(corpus_root: Path, name: str) -> None:
     image = _open(corpus_root / "bad-inputs" / name).render(0, 72)
