@@ -1,0 +1,248 @@
+"""Resolution-mode choice: ``--mode auto`` and the mode ladder used for retries.
+
+DeepSeek-OCR reads a page through a fixed number of vision tokens per mode. The paper
+(spec §13.2) shows decoding precision stays near 97% while the page's text tokens are at
+most ~10x the vision tokens, and drops to ~60% at 20x. ``auto`` therefore picks, per page,
+the cheapest mode whose *valid* vision tokens keep ``text tokens / vision tokens`` at or
+under ``max_ratio``. The method, its calibration and the corpus check are in
+``docs/auto-mode.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+from PIL import Image
+
+from docconv.engine import MODES, VisionBudget
+
+MODE_ORDER: tuple[str, ...] = MODES
+AUTO = "auto"
+
+#: Tiny and Small stretch the page to a square; the paper's OmniDocBench errors for them are
+#: 2-3x Base's on dense document types (spec §13.3), while Fox (§13.2) shows >=98.5% precision
+#: for them only up to ~7x. So they must meet half the ratio limit, on nearly square pages.
+STRETCHED_MODES: frozenset[str] = frozenset({"tiny", "small"})
+STRETCHED_RATIO_SHARE = 0.5
+STRETCHED_MAX_ASPECT = 1.5
+
+#: Gundam-Master cuts 1024-pixel tiles (~2.3x Gundam's tokens, far slower on CPU) and beats
+#: Gundam only on the densest types (newspapers, notes; §13.3), so auto uses it only when
+#: Gundam cannot keep the ratio.
+AUTO_CEILING = "gundam"
+
+#: DeepSeek's tokenizer documentation: 1 English character ~ 0.3 tokens, 1 Chinese character
+#: ~ 0.6 tokens. A CJK glyph is about two Latin character widths, so 0.3 per Latin-width unit
+#: covers both.
+TOKENS_PER_CHAR = 0.3
+
+# Text-density estimate, see docs/auto-mode.md. Sizes are in working-image pixels.
+WORKING_WIDTH = 1000
+MIN_INK_CONTRAST = 48  # grey levels between ink and paper means; below that the page is blank
+CHAR_WIDTH_EM = 0.5  # mean advance of a character (spaces included) per text-line height
+MIN_LINE_HEIGHT = 4  # thinner row bands are rules, dots or scan noise
+VERTICAL_RULE = 40  # straight ink runs this long are table rules / frames, not glyphs
+HORIZONTAL_RULE = 60
+COLUMN_GAP_EM = 1.0  # a horizontal gap wider than this many line heights separates columns
+LINE_VALLEY_SHARE = 0.15  # rows with less ink than this share of their band's peak separate lines
+LINE_BODY_SHARE = 0.6  # a valley-separated row run this tall relative to the tallest is a line
+SOLID_INK_DENSITY = 0.5  # text bands are mostly paper; denser bands are pictures or fills
+
+ModeSource = Literal["requested", "text-layer", "image-estimate"]
+
+
+class BudgetSource(Protocol):
+    """The part of :class:`docconv.engine.Engine` mode choice needs."""
+
+    def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget: ...
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    """The mode a page is read in, and the numbers that justified it."""
+
+    mode: str
+    estimated_text_tokens: int
+    vision_tokens: int  # valid vision tokens (letterbox padding excluded)
+    ratio: float  # estimated text tokens per valid vision token
+    source: ModeSource
+
+
+def next_larger_mode(mode: str) -> str | None:
+    """The next more capable mode (for retrying a degraded page); None after gundam-master."""
+    if mode not in MODE_ORDER:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODE_ORDER)}")
+    index = MODE_ORDER.index(mode)
+    return MODE_ORDER[index + 1] if index + 1 < len(MODE_ORDER) else None
+
+
+def resolve_mode(
+    requested: str,
+    page_size: tuple[int, int],
+    text_tokens: int | None,
+    engine: BudgetSource,
+    max_ratio: float = 10.0,
+    image: Image.Image | None = None,
+) -> ModeChoice:
+    """Pick the mode for one page of ``page_size`` (width, height).
+
+    ``text_tokens`` is the token count of the page's PDF text layer (None when it has none);
+    otherwise ``image`` is measured with :func:`estimate_text_tokens`.
+    """
+    if requested != AUTO and requested not in MODE_ORDER:
+        raise ValueError(f"unknown mode {requested!r}; expected auto or one of {', '.join(MODE_ORDER)}")
+    if max_ratio <= 0:
+        raise ValueError(f"max_ratio must be positive, got {max_ratio}")
+    tokens, source = _text_tokens(text_tokens, image, required=requested == AUTO)
+    if requested != AUTO:
+        return _choice(requested, page_size, tokens, engine, "requested")
+    mode = _cheapest_sufficient_mode(page_size, tokens, engine, max_ratio)
+    return _choice(mode, page_size, tokens, engine, source)
+
+
+def _text_tokens(
+    text_tokens: int | None, image: Image.Image | None, required: bool
+) -> tuple[int, ModeSource]:
+    if text_tokens is not None:
+        return text_tokens, "text-layer"
+    if image is not None:
+        return estimate_text_tokens(image), "image-estimate"
+    if required:
+        raise ValueError("mode auto needs the page's text-layer token count or its image")
+    return 0, "requested"
+
+
+def _choice(
+    mode: str, page_size: tuple[int, int], tokens: int, engine: BudgetSource, source: ModeSource
+) -> ModeChoice:
+    valid = engine.vision_budget(page_size[0], page_size[1], mode).valid
+    return ModeChoice(mode, tokens, valid, _ratio(tokens, valid), source)
+
+
+def _ratio(tokens: int, valid: int) -> float:
+    if valid <= 0:
+        return math.inf if tokens else 0.0
+    return round(tokens / valid, 2)
+
+
+def _cheapest_sufficient_mode(
+    page_size: tuple[int, int], tokens: int, engine: BudgetSource, max_ratio: float
+) -> str:
+    width, height = page_size
+    aspect = max(width, height) / max(1, min(width, height))
+    candidates = MODE_ORDER[: MODE_ORDER.index(AUTO_CEILING) + 1]
+    budgets = {mode: engine.vision_budget(width, height, mode) for mode in candidates}
+    # Cost is what the decoder attends over; for small pages Gundam costs no more than Base.
+    by_cost = sorted(candidates, key=lambda mode: (budgets[mode].sequence, MODE_ORDER.index(mode)))
+    for mode in by_cost:
+        if mode in STRETCHED_MODES and aspect > STRETCHED_MAX_ASPECT:
+            continue
+        share = STRETCHED_RATIO_SHARE if mode in STRETCHED_MODES else 1.0
+        if budgets[mode].valid > 0 and tokens <= max_ratio * share * budgets[mode].valid:
+            return mode
+    return MODE_ORDER[-1]
+
+
+def estimate_text_tokens(image: Image.Image) -> int:
+    """Estimate how many decoder tokens the text on ``image`` is, without the model.
+
+    Binarises the page (Otsu), removes table rules, finds text lines from the row
+    projection and measures each line's inked width in character advances
+    (``CHAR_WIDTH_EM`` x line height). See docs/auto-mode.md for the corpus check.
+    """
+    ink = _ink_mask(_working_gray(image))
+    if ink is None:
+        return 0
+    ink &= ~_long_runs(ink, VERTICAL_RULE, axis=0)
+    ink &= ~_long_runs(ink, HORIZONTAL_RULE, axis=1)
+    return round(_character_units(ink) * TOKENS_PER_CHAR)
+
+
+def _working_gray(image: Image.Image) -> np.ndarray:
+    gray = image.convert("L")
+    if gray.width > WORKING_WIDTH:
+        height = max(1, round(gray.height * WORKING_WIDTH / gray.width))
+        gray = gray.resize((WORKING_WIDTH, height), Image.Resampling.BOX)
+    return np.asarray(gray)
+
+
+def _ink_mask(gray: np.ndarray) -> np.ndarray | None:
+    """Ink pixels, or None for a page without readable contrast (blank, flat colour)."""
+    ink = gray <= _otsu_threshold(gray)
+    if ink.mean() > 0.5:  # light text on a dark background
+        ink = ~ink
+    if not ink.any() or ink.all():
+        return None
+    contrast = abs(float(gray[ink].mean()) - float(gray[~ink].mean()))
+    return ink if contrast >= MIN_INK_CONTRAST else None
+
+
+def _otsu_threshold(gray: np.ndarray) -> int:
+    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    weight = np.cumsum(hist / hist.sum())
+    cumulative_mean = np.cumsum(hist / hist.sum() * np.arange(256))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (cumulative_mean[-1] * weight - cumulative_mean) ** 2 / (weight * (1 - weight))
+    return int(np.nanargmax(between)) if np.isfinite(between).any() else 127
+
+
+def _long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """Pixels of ``mask`` on a straight run of at least ``length`` along ``axis``."""
+    grid = mask if axis == 0 else mask.T
+    height, width = grid.shape
+    padded = np.zeros((height + 2, width), dtype=np.int8)
+    padded[1:-1] = grid
+    edges = np.diff(padded, axis=0).T  # transposed so runs come out column by column, paired
+    start_col, start_row = np.nonzero(edges == 1)
+    _, end_row = np.nonzero(edges == -1)
+    long = (end_row - start_row) >= length
+    runs = np.zeros((height, width), dtype=bool)
+    columns, column_index = np.unique(start_col[long], return_inverse=True)
+    if len(columns):
+        # Only the few columns holding a rule need the (costly) prefix sum.
+        marker = np.zeros((height + 1, len(columns)), dtype=np.int32)
+        np.add.at(marker, (start_row[long], column_index), 1)
+        np.add.at(marker, (end_row[long], column_index), -1)
+        runs[:, columns] = np.cumsum(marker, axis=0)[:height] > 0
+    return runs if axis == 0 else runs.T
+
+
+def _runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) indices of the True runs of a 1-D array."""
+    edges = np.diff(np.concatenate(([0], flags.astype(np.int8), [0])))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+
+
+def _character_units(ink: np.ndarray) -> float:
+    row_ink = ink.sum(axis=1)
+    starts, ends = _runs(row_ink >= 2)
+    heights = ends - starts
+    keep = heights >= MIN_LINE_HEIGHT
+    return sum(
+        _band_units(ink[top:bottom], row_ink[top:bottom])
+        for top, bottom in zip(starts[keep], ends[keep], strict=True)
+    )
+
+
+def _lines_in_band(row_ink: np.ndarray) -> int:
+    """Text lines in a band of touching rows: tightly set lines touch, weak rows separate them."""
+    starts, ends = _runs(row_ink >= LINE_VALLEY_SHARE * row_ink.max())
+    heights = ends - starts
+    # Ascender or descender slivers of a single line are much shorter than its x-height body.
+    return max(1, int(np.count_nonzero(heights >= LINE_BODY_SHARE * heights.max())))
+
+
+def _band_units(band: np.ndarray, row_ink: np.ndarray) -> float:
+    """Character advances in one band of ink rows (each touching line counts)."""
+    lines = _lines_in_band(row_ink)
+    line_height = band.shape[0] / lines
+    starts, ends = _runs(band.any(axis=0))
+    widths = ends - starts
+    if band.sum() > SOLID_INK_DENSITY * widths.sum() * band.shape[0]:
+        return 0.0
+    gaps = starts[1:] - ends[:-1]
+    inked_span = widths.sum() + gaps[gaps < COLUMN_GAP_EM * line_height].sum()
+    return lines * inked_span / (CHAR_WIDTH_EM * line_height)
