@@ -90,7 +90,9 @@ def test_requested_mode_is_kept_and_reports_its_ratio() -> None:
         (LETTER_144DPI, 90000, "gundam-master"),  # nothing suffices: the most capable mode
     ],
 )
-def test_auto_picks_the_cheapest_mode_within_the_ratio(size: tuple[int, int], tokens: int, expected: str) -> None:
+def test_auto_picks_the_cheapest_mode_within_the_ratio(
+    size: tuple[int, int], tokens: int, expected: str
+) -> None:
     choice = resolve_mode("auto", size, tokens, ENGINE)
     assert choice.mode == expected
     assert choice.source == "text-layer"
@@ -160,7 +162,9 @@ def test_table_rules_do_not_count_as_text() -> None:
     draw = ImageDraw.Draw(page)
     for x in range(40, 1200, 150):  # a full-height ruled grid would merge every line into one band
         draw.line((x, 40, x, 1500), fill="black", width=2)
-    assert estimate_text_tokens(page) == pytest.approx(estimate_text_tokens(_text_page(LETTER_144DPI, 10)), rel=0.25)
+    assert estimate_text_tokens(page) == pytest.approx(
+        estimate_text_tokens(_text_page(LETTER_144DPI, 10)), rel=0.25
+    )
 
 
 def test_estimate_is_fast_on_a_letter_page() -> None:
