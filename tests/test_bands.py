@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from docconv.bands import merge_band_blocks, merge_band_texts, split_into_bands
+from docconv.bands import merge_band_blocks, merge_band_pages, merge_band_texts, split_into_bands
 from docconv.document import Block
+from docconv.postprocess import parse_page
 
 
 def _receipt(width: int = 600, height: int = 6000) -> Image.Image:
@@ -119,3 +120,25 @@ def test_band_texts_tolerate_ocr_noise_and_lines_cut_at_the_edge() -> None:
 
 def test_band_texts_without_common_lines_are_concatenated() -> None:
     assert merge_band_texts(["alpha\nbeta", "", "gamma\ndelta"]) == "alpha\nbeta\ngamma\ndelta"
+
+
+def test_parsed_band_outputs_stitch_into_one_page() -> None:
+    bands = split_into_bands(_receipt())
+    first, second = bands[0], bands[1]
+    # Both bands read the row at page y = second.offset + 30; boxes are on the 0-999 grid.
+    shared_y = second.offset + 30
+
+    def grid(y: int, band_length: int) -> int:
+        return round(y * 999 / band_length)
+
+    top = grid(shared_y - first.offset, first.length)
+    raw1 = "<|ref|>text<|/ref|><|det|>[[10, 10, 500, 40]]<|/det|>\nShop 42\n\n"
+    raw1 += f"<|ref|>text<|/ref|><|det|>[[10, {top}, 500, {top + 15}]]<|/det|>\nCoffee 7.50\n"
+    raw2 = f"<|ref|>text<|/ref|><|det|>[[10, {grid(30, second.length)}, 500, 40]]<|/det|>\nCoffee 7.50\n\n"
+    raw2 += "<|ref|>text<|/ref|><|det|>[[10, 600, 500, 640]]<|/det|>\nTOTAL 7.50\n"
+    parsed = [
+        parse_page(raw, band.image.width, band.image.height) for raw, band in ((raw1, first), (raw2, second))
+    ]
+    merged = merge_band_pages(bands[:2], parsed)
+    assert [block.text for block in merged] == ["Shop 42", "Coffee 7.50", "TOTAL 7.50"]
+    assert all(merged[i].bboxes[0][1] < merged[i + 1].bboxes[0][1] for i in range(2))
