@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import click
 import platformdirs
 import typer
 from rich.console import Console
@@ -47,10 +46,13 @@ FILE = "file"
 CLI = "command line"
 
 
-class ConfigError(click.ClickException):
+EXIT_USAGE = 2
+
+
+class ConfigError(ValueError):
     """A bad key or value in the config file, the environment or the command line (exit 2)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,15 @@ def load_settings(
     return replace(_DEFAULTS, **values, sources=sources)
 
 
+def settings_or_exit(cli_overrides: Mapping[str, Any] | None = None) -> Settings:
+    """:func:`load_settings` for commands: a bad setting is one error line on stderr and exit 2."""
+    try:
+        return load_settings(cli_overrides)
+    except ConfigError as error:
+        typer.echo(f"docconv: error: {error}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
 def _file_values(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -270,7 +281,7 @@ def show_path() -> None:
 @config_app.command("show")
 def show_settings() -> None:
     """Print every setting, its effective value and where it came from."""
-    settings = load_settings()
+    settings = settings_or_exit()
     table = Table(title=f"docconv settings (file: {config_path()})", title_justify="left")
     for column in ("key", "value", "source"):
         table.add_column(column, overflow="fold")

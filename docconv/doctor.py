@@ -19,15 +19,15 @@ from rich.console import Console
 from rich.table import Table
 
 from docconv import __version__
-from docconv.config import Settings, config_path, load_settings
+from docconv.config import Settings, config_path, settings_or_exit
 
 UNKNOWN = "unknown"
 Row = tuple[str, str]
 
 
 def doctor() -> None:
-    """Print the environment report as a table on stdout."""
-    settings = load_settings()
+    """Print the environment report as a table on stdout (exit 2 on a broken config)."""
+    settings = settings_or_exit()
     table = Table(title="docconv doctor", title_justify="left", show_header=False)
     table.add_column("check", style="bold")
     table.add_column("result", overflow="fold")
