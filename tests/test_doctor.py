@@ -1,0 +1,94 @@
+"""``docconv doctor`` on this (CPU-only) machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from docconv.config import KEYS, env_var, load_settings
+from docconv.doctor import report_rows
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Empty config and weight cache; no DOCCONV_<KEY> settings from the caller."""
+    monkeypatch.setenv("DOCCONV_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("DOCCONV_CACHE", str(tmp_path / "cache"))
+    for key in KEYS:
+        monkeypatch.delenv(env_var(key), raising=False)
+    return tmp_path
+
+
+def rows() -> dict[str, str]:
+    return dict(report_rows(load_settings()))
+
+
+def test_report_names_versions_accelerators_and_the_cache(isolated: Path) -> None:
+    report = rows()
+    assert torch.__version__.startswith(report["torch"].split("+")[0])
+    assert report["cuda"].startswith("yes" if torch.cuda.is_available() else "no")
+    assert report["weights cache"] == str(isolated / "cache")
+    assert report["cached models"].startswith("none")
+    assert "bitsandbytes" in report and "flash-attn" in report
+    assert report["config file"].endswith("(not created; defaults apply)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU decision")
+def test_cpu_machine_would_run_on_cpu_and_says_which_dtype(isolated: Path) -> None:
+    report = rows()
+    assert report["would use"].startswith("device cpu, dtype ")
+    dtype = (
+        "bfloat16"
+        if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX")
+        else "float32"
+    )
+    assert f"dtype {dtype}" in report["would use"]
+    assert "quant none" in report["would use"]
+    assert "model not on disk" in report["because"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_impossible_device_is_reported_not_raised(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCCONV_DEVICE", "cuda:0")
+    assert rows()["would use"].startswith("cannot start: device 'cuda:0' requested but CUDA is not available")
+
+
+def test_cached_model_is_listed_and_its_config_read(
+    isolated: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docconv.weights import import_model
+
+    import_model(tiny_model_dir, as_id="test/tiny-ocr")
+    monkeypatch.setenv("DOCCONV_MODEL", "test/tiny-ocr")
+    report = rows()
+    assert "test/tiny-ocr" in report["cached models"]
+    assert report["model"] == "test/tiny-ocr"
+    assert "model not on disk" not in report["because"]
+
+
+def test_doctor_command_prints_the_table(isolated: Path) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "docconv", "doctor"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "would use" in done.stdout
+    assert str(isolated / "cache") in done.stdout
+    assert "cpu" in done.stdout
+
+
+def test_doctor_with_a_broken_config_is_one_line_and_exit_2(isolated: Path) -> None:
+    (isolated / "config").mkdir()
+    (isolated / "config" / "config.toml").write_text('attn = "fast"\n')
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "docconv", "doctor"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("config.toml: attn: expected one of auto, sdpa, flash, got 'fast'")
+    assert "Traceback" not in done.stderr
