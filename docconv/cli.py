@@ -1,0 +1,560 @@
+"""The ``docconv`` command: convert documents, plus the config, doctor, models and rerender subcommands.
+
+``docconv FILE...`` converts (the ``convert`` subcommand is implied), so the everyday call
+needs no subcommand. Exit codes: 0 all converted; 1 some inputs failed; 2 usage error;
+3 the engine could not start; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from docconv import __version__, writers
+from docconv.config import config_app, load_settings
+from docconv.doctor import doctor as run_doctor
+from docconv.engine import MODES, EngineError, EngineOptions
+from docconv.inputs import STDIN, read_list, resolve_inputs
+from docconv.models_cli import models_app
+from docconv.pages import parse_pages
+from docconv.pipeline import TASK_PROMPTS, ConvertOptions, Pipeline
+from docconv.progress import Reporter, configure_logging
+from docconv.rerender import RerenderError, rerender_files
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ENGINE = 3
+EXIT_INTERRUPTED = 130
+
+CONVERT = "convert"
+
+
+class _ConvertByDefault(TyperGroup):
+    """Treat ``docconv FILE ...`` as ``docconv convert FILE ...``."""
+
+    _GROUP_OPTIONS = frozenset({"--help", "-h", "--version", "--install-completion", "--show-completion"})
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in self._GROUP_OPTIONS:
+            args = [CONVERT, *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    name="docconv",
+    cls=_ConvertByDefault,
+    help="Convert PDFs, images and directory trees to Markdown with DeepSeek-OCR, locally.\n\n"
+    "Run `docconv FILE...` (same as `docconv convert FILE...`).",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
+
+Mode = Enum("Mode", {name: name for name in ("auto", *MODES)}, type=str)  # type: ignore[misc]
+Task = Enum("Task", {name: name for name in TASK_PROMPTS}, type=str)  # type: ignore[misc]
+Format = Enum("Format", {name: name for name in writers.FORMATS}, type=str)  # type: ignore[misc]
+TablesFormat = Enum("TablesFormat", {name: name for name in writers.TABLE_FORMATS}, type=str)  # type: ignore[misc]
+RenderTask = Enum("RenderTask", {name: name for name in writers.TASKS}, type=str)  # type: ignore[misc]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"docconv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Convert PDFs, images and directory trees to Markdown with DeepSeek-OCR, locally."""
+
+
+def usage_error(message: str) -> NoReturn:
+    typer.echo(f"docconv: error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+INPUTS = "Inputs"
+OUTPUT = "Output"
+READING = "Reading"
+ENGINE = "Engine"
+
+
+@app.command(CONVERT, no_args_is_help=True)
+def convert(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Files or directories to convert; '-' reads one document from stdin.", show_default=False
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Output file (one input) or directory (mirrors the input tree). "
+            "Default: stdout for one input.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    from_list: Annotated[
+        str | None,
+        typer.Option(
+            "--from-list",
+            metavar="FILE|-",
+            help="Read input paths from FILE ('-' = stdin), one per line.",
+            rich_help_panel=INPUTS,
+        ),
+    ] = None,
+    null: Annotated[
+        bool,
+        typer.Option(
+            "-0", "--null", help="--from-list paths are NUL-separated (find -print0).", rich_help_panel=INPUTS
+        ),
+    ] = False,
+    glob: Annotated[
+        str | None,
+        typer.Option(
+            "--glob",
+            metavar="PATTERN",
+            help="Only convert directory members matching PATTERN, e.g. '*.pdf'.",
+            rich_help_panel=INPUTS,
+        ),
+    ] = None,
+    pages: Annotated[
+        str | None,
+        typer.Option(
+            "--pages", help="Pages to convert, 1-based: 1-3,7,-1 (-1 = last page).", rich_help_panel=INPUTS
+        ),
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option("--password", help="Password of encrypted PDFs.", rich_help_panel=INPUTS),
+    ] = None,
+    dpi: Annotated[
+        int | None,
+        typer.Option(
+            "--dpi",
+            min=36,
+            max=1200,
+            help="Render PDF pages at this DPI instead of the one derived from the mode.",
+            rich_help_panel=INPUTS,
+        ),
+    ] = None,
+    mode: Annotated[
+        Mode | None,
+        typer.Option(
+            "--mode",
+            help="Resolution mode; auto picks per page.  [default: auto]",
+            rich_help_panel=READING,
+            show_default=False,
+        ),
+    ] = None,
+    max_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--max-ratio",
+            min=0.5,
+            help="auto: highest text/vision token ratio accepted.  [default: 10]",
+            rich_help_panel=READING,
+            show_default=False,
+        ),
+    ] = None,
+    task: Annotated[
+        Task,
+        typer.Option(
+            "--task", help="markdown (layout), text (free OCR), figure, describe.", rich_help_panel=READING
+        ),
+    ] = Task.markdown,  # type: ignore[attr-defined]
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt", help="Raw prompt sent to the model (overrides --task).", rich_help_panel=READING
+        ),
+    ] = None,
+    handwriting: Annotated[
+        bool,
+        typer.Option("--handwriting", help="Keep the writer's line breaks.", rich_help_panel=READING),
+    ] = False,
+    tables: Annotated[
+        bool,
+        typer.Option("--tables", help="Also write every table as CSV (needs -o).", rich_help_panel=OUTPUT),
+    ] = False,
+    tables_format: Annotated[
+        TablesFormat | None,
+        typer.Option(
+            "--tables-format",
+            help="Tables in Markdown: auto (HTML only when cells span), md or html.  [default: auto]",
+            rich_help_panel=OUTPUT,
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[
+        Format | None,
+        typer.Option(
+            "--format",
+            help="md, json (whole document), jsonl (a line per page), html. "
+            "Default: from the -o suffix, else md.",
+            rich_help_panel=OUTPUT,
+            show_default=False,
+        ),
+    ] = None,
+    page_separator: Annotated[
+        str | None,
+        typer.Option(
+            "--page-separator",
+            help="Markdown between pages; {page} is the page number.",
+            rich_help_panel=OUTPUT,
+            show_default=False,
+        ),
+    ] = None,
+    keep_headers: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-headers/--drop-headers",
+            help="Keep page headers, footers and page numbers.  [default: drop]",
+            rich_help_panel=OUTPUT,
+            show_default=False,
+        ),
+    ] = None,
+    keep_raw: Annotated[
+        bool,
+        typer.Option(
+            "--keep-raw",
+            help="Also save the raw model output (for `docconv rerender`).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Redo outputs that already exist.", rich_help_panel=OUTPUT),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            metavar="ID|PATH",
+            help="Hub id or local checkpoint directory.  "
+            "[env: DOCCONV_MODEL; default: deepseek-ai/DeepSeek-OCR]",
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="auto, cpu, cuda, cuda:N or mps.  [default: auto]",
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
+    quant: Annotated[
+        str | None,
+        typer.Option(
+            "--quant",
+            help="auto, none, 8bit or 4bit.  [default: auto]",
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
+    attn: Annotated[
+        str | None,
+        typer.Option(
+            "--attn", help="auto, sdpa or flash.  [default: auto]", rich_help_panel=ENGINE, show_default=False
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="auto, bfloat16, float16 or float32.  [default: auto]",
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
+    max_tiles: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tiles",
+            min=2,
+            max=9,
+            help="Most tiles per page in the gundam modes.  [default: 9]",
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Pages decoded together.  [default: 1]",
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            min=1,
+            help="Token limit per page.  [default: 8192]",
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
+    ngram: Annotated[
+        int | None,
+        typer.Option(
+            "--ngram",
+            min=0,
+            help="Repetition guard: n-gram size (0 = off).  [default: 30]",
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
+    ngram_window: Annotated[
+        int | None,
+        typer.Option(
+            "--ngram-window",
+            min=1,
+            help="Repetition guard window in tokens.  [default: 90]",
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress display or summary.")] = False,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="Log per page; -vv for debug.")
+    ] = 0,
+) -> None:
+    """Convert documents (PDF, PNG, JPEG, WebP, TIFF, BMP, GIF) to Markdown, JSON, JSONL or HTML."""
+    configure_logging(verbose)
+    settings = load_settings(
+        {
+            "model": model,
+            "device": device,
+            "quant": quant,
+            "attn": attn,
+            "dtype": dtype,
+            "max_tiles": max_tiles,
+            "mode": _value(mode),
+            "max_ratio": max_ratio,
+            "batch_size": batch_size,
+            "max_tokens": max_tokens,
+            "ngram": ngram,
+            "ngram_window": ngram_window,
+            "dpi": dpi,
+            "page_separator": page_separator,
+            "tables_format": _value(tables_format),
+            "keep_headers": keep_headers,
+        }
+    )
+    paths = _input_paths(inputs or [], from_list, null)
+    fmt = _format(output_format, output, settings.format)
+    several = len(paths) > 1 or any(Path(p).is_dir() for p in paths if p != STDIN)
+    if output is None and several and fmt != "jsonl":
+        usage_error("several inputs need -o DIR (or --format jsonl to stream to stdout)")
+    if tables and output is None:
+        usage_error("--tables writes CSV files next to the output; give -o")
+    try:
+        selection = parse_pages(pages) if pages else None
+    except ValueError as error:
+        usage_error(str(error))
+    render = writers.RenderOptions(
+        format=fmt,
+        tables_format=settings.tables_format,
+        keep_headers=settings.keep_headers,
+        page_separator=settings.page_separator,
+        task="raw" if prompt is not None else "handwriting" if handwriting else task.value,
+        tables_csv=tables,
+    )
+    options = ConvertOptions(
+        engine=EngineOptions(
+            model=settings.model,
+            device=settings.device,
+            quant=settings.quant,
+            attn=settings.attn,
+            dtype=settings.dtype,
+            max_tiles=settings.max_tiles,
+        ),
+        render=render,
+        output=output,
+        output_is_dir=_output_is_dir(output, several, fmt),
+        mode=settings.mode,
+        max_ratio=settings.max_ratio,
+        dpi=settings.dpi,
+        pages=selection,
+        password=password,
+        task=task.value,
+        prompt=prompt,
+        handwriting=handwriting,
+        tables=tables,
+        batch_size=settings.batch_size,
+        max_tokens=settings.max_tokens,
+        ngram=settings.ngram,
+        ngram_window=settings.ngram_window,
+        overwrite=overwrite,
+        keep_raw=keep_raw,
+    )
+    raise typer.Exit(_run(paths, glob, options, quiet))
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
+
+def _input_paths(inputs: list[str], from_list: str | None, null: bool) -> list[str]:
+    paths = list(inputs)
+    if from_list is not None:
+        if from_list == STDIN and STDIN in paths:
+            usage_error("stdin cannot be both an input ('-') and the --from-list source")
+        try:
+            if from_list == STDIN:
+                paths += read_list(sys.stdin.buffer, null)
+            else:
+                with open(from_list, "rb") as handle:
+                    paths += read_list(handle, null)
+        except OSError as error:
+            usage_error(f"{from_list}: cannot read the path list ({error.strerror}); check --from-list")
+    elif null:
+        usage_error("-0 only applies to --from-list")
+    if not paths:
+        usage_error("no inputs; give files, directories, '-' or --from-list")
+    return paths
+
+
+def _format(requested: Enum | None, output: Path | None, default: str) -> str:
+    if requested is not None:
+        return requested.value
+    suffix = output.suffix.lower() if output else ""
+    by_suffix = {ext: name for name, ext in writers.EXTENSIONS.items()}
+    return by_suffix.get(suffix, default)
+
+
+def _output_is_dir(output: Path | None, several: bool, fmt: str) -> bool:
+    if output is None:
+        return False
+    if output.is_dir() or str(output).endswith(("/", "\\")):
+        return True
+    if several:
+        if output.suffix.lower() in writers.EXTENSIONS.values():
+            usage_error(f"-o {output}: several inputs need an output directory, not a file")
+        return True
+    if output.suffix.lower() != writers.EXTENSIONS[fmt]:
+        usage_error(
+            f"-o {output}: a file output for --format {fmt} must end in {writers.EXTENSIONS[fmt]} "
+            "(or end -o with / for a directory)"
+        )
+    return False
+
+
+def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: bool) -> int:
+    reporter = Reporter(quiet=quiet)
+    resolved = resolve_inputs(paths, glob=glob)
+    for failure in resolved.failures:
+        reporter.error(failure.source, failure.message)
+    try:
+        with reporter:
+            summary = Pipeline(options, reporter).run(resolved.documents)
+    except EngineError as error:
+        typer.echo(f"docconv: error: the engine could not start: {error}", err=True)
+        return EXIT_ENGINE
+    except KeyboardInterrupt:
+        typer.echo(
+            "docconv: interrupted; finished pages are kept, run the same command again to resume", err=True
+        )
+        return EXIT_INTERRUPTED
+    summary.failures[:0] = [(f.source, f.message) for f in resolved.failures]
+    reporter.summary(summary)
+    return EXIT_SOME_FAILED if summary.failures else EXIT_OK
+
+
+@app.command("doctor")
+def doctor() -> None:
+    """Check torch, the GPU, flash-attn, bitsandbytes and the model cache; show what a run would use."""
+    run_doctor()
+
+
+@app.command("rerender")
+def rerender(
+    raw_files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Raw model output: --keep-raw files (.raw.json), "
+            "official _det.mmd / .raw.txt, or web-UI JSON."
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Output file (one input) or directory. Default: stdout."),
+    ] = None,
+    output_format: Annotated[Format, typer.Option("--format", help="md, json, jsonl or html.")] = Format.md,  # type: ignore[attr-defined]
+    tables: Annotated[bool, typer.Option("--tables", help="Also write every table as CSV.")] = False,
+    tables_format: Annotated[
+        TablesFormat,
+        typer.Option(
+            "--tables-format", help="Tables in Markdown output: auto (HTML only when cells span), md or html."
+        ),
+    ] = TablesFormat.auto,  # type: ignore[attr-defined]
+    keep_headers: Annotated[
+        bool, typer.Option("--keep-headers", help="Keep page headers and footers.")
+    ] = False,
+    page_separator: Annotated[
+        str | None,
+        typer.Option(
+            "--page-separator", help="Markdown between pages; {page} is the page number.", show_default=False
+        ),
+    ] = None,
+    task: Annotated[
+        RenderTask, typer.Option("--task", help="How the raw text is laid out.")
+    ] = RenderTask.markdown,  # type: ignore[attr-defined]
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Page image to crop figures from (one page).")
+    ] = None,
+    source: Annotated[
+        Path | None, typer.Option("--source", help="Source document to crop figures from.")
+    ] = None,
+) -> None:
+    """Re-run post-processing and the writers on saved raw model output, without the model."""
+    options = writers.RenderOptions(
+        format=output_format.value,
+        tables_format=tables_format.value,
+        keep_headers=keep_headers,
+        page_separator=page_separator if page_separator is not None else writers.DEFAULT_PAGE_SEPARATOR,
+        task=task.value,
+        tables_csv=tables,
+    )
+    try:
+        rerender_files(raw_files, output, options, image=image, source_document=source)
+    except RerenderError as error:
+        typer.echo(f"docconv: error: {error}", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED) from None
+
+
+def main() -> None:
+    """Entry point of the ``docconv`` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("docconv: interrupted\n")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # `docconv x.pdf | head`: the reader left; that is not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(EXIT_OK) from None

@@ -1,0 +1,440 @@
+"""One conversion run: documents -> pages -> modes -> engine batches -> pages -> outputs.
+
+The engine is loaded once, lazily (a rerun whose outputs all exist never loads it), and
+memoised per :class:`EngineOptions` so in-process callers (tests, notebooks) reuse it.
+Pages stream through: at most ``batch_size`` page images are alive at a time, across
+document boundaries, so memory stays flat however long the documents are. Each finished
+page is journaled before the next batch starts; each output is written atomically once its
+document is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from PIL import Image
+
+from docconv import bands, postprocess, writers
+from docconv.document import Document, Page
+from docconv.engine import Engine, EngineOptions, EngineOutput, PageJob, create_engine
+from docconv.fsutil import TEMP_MARKER, atomic_write_text
+from docconv.inputs import InputDocument, InputError
+from docconv.journal import Journal, bytes_identity, file_identity, fingerprint, journal_path
+from docconv.modes import next_larger_mode, resolve_mode
+from docconv.pages import DEFAULT_MODE, PageSelection, PageSource, dpi_for, open_document, select_pages
+from docconv.progress import Reporter, RunSummary
+from docconv.rerender import RAW_SUFFIX, write_raw_file
+
+log = logging.getLogger("docconv.pipeline")
+
+#: Exact prompts from the model card (spec §7.4); the model has no chat tuning, wording matters.
+TASK_PROMPTS: dict[str, str] = {
+    "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
+    "text": "<image>\nFree OCR.",
+    "figure": "<image>\nParse the figure.",
+    "describe": "<image>\nDescribe this image in detail.",
+}
+#: Handwriting is read without layout grounding: grounding makes the model re-flow lines into paragraphs.
+HANDWRITING_PROMPT = TASK_PROMPTS["text"]
+
+GROUNDING = "<|grounding|>"
+
+#: Retry of a degraded page: n-gram guard this much tighter and its window this much wider.
+RETRY_NGRAM_DIVISOR = 2
+RETRY_MIN_NGRAM = 8
+RETRY_WINDOW_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything a run needs besides the inputs (built by the CLI from flags, env and config)."""
+
+    engine: EngineOptions
+    render: writers.RenderOptions
+    output: Path | None = None  # None: stdout
+    output_is_dir: bool = False
+    mode: str = "auto"
+    max_ratio: float = 10.0
+    dpi: int | None = None
+    pages: PageSelection | None = None
+    password: str | None = None
+    task: str = "markdown"
+    prompt: str | None = None
+    handwriting: bool = False
+    tables: bool = False
+    batch_size: int = 1
+    max_tokens: int = 8192
+    ngram: int = 30
+    ngram_window: int = 90
+    overwrite: bool = False
+    keep_raw: bool = False
+
+    @property
+    def format(self) -> str:
+        return self.render.format
+
+    def full_prompt(self) -> str:
+        if self.prompt is not None:
+            return self.prompt if "<image>" in self.prompt else "<image>\n" + self.prompt
+        return HANDWRITING_PROMPT if self.handwriting else TASK_PROMPTS[self.task]
+
+    def result_options(self) -> dict[str, object]:
+        """Options that change a page's result: a journal written under others is not reused."""
+        return {
+            "model": self.engine.model,
+            "quant": self.engine.quant,
+            "mode": self.mode,
+            "max_ratio": self.max_ratio,
+            "dpi": self.dpi,
+            "prompt": self.full_prompt(),
+            "max_tokens": self.max_tokens,
+            "ngram": (self.ngram, self.ngram_window),
+        }
+
+
+# ---------------------------------------------------------------- engine
+
+
+_ENGINES: dict[EngineOptions, Engine] = {}
+
+
+def load_engine(options: EngineOptions) -> Engine:
+    """The engine for ``options``, built once per process (raises EngineError if it cannot start)."""
+    if options not in _ENGINES:
+        _ENGINES[options] = create_engine(options)
+    return _ENGINES[options]
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def output_target(document: InputDocument, options: ConvertOptions) -> Path | None:
+    """Where ``document``'s output goes; None means stdout."""
+    if options.output is None:
+        return None
+    if not options.output_is_dir:
+        return options.output
+    return options.output / (str(document.relative) + writers.EXTENSIONS[options.format])
+
+
+# ---------------------------------------------------------------- per-document state
+
+
+@dataclass
+class DocumentRun:
+    """A document being converted: its source, outputs, journal and finished pages."""
+
+    document: InputDocument
+    source: PageSource
+    target: Path | None
+    indices: Sequence[int]
+    journal: Journal | None
+    pages: dict[int, Page] = field(default_factory=dict)
+    failed: bool = False
+    resumed: int = 0
+    next_streamed: int = 0  # index into ``indices`` of the next page to stream (jsonl to stdout)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.pages) == len(self.indices)
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+        self.source.close()
+
+
+@dataclass
+class PageWork:
+    """One page on its way through the engine; ``image`` lives only until the page is finished."""
+
+    run: DocumentRun
+    index: int
+    image: Image.Image
+    mode: str
+    bands: list[bands.Band]
+    started: float = field(default_factory=time.monotonic)
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Pipeline:
+    """Converts documents according to ``options``, reporting to ``reporter``."""
+
+    def __init__(
+        self,
+        options: ConvertOptions,
+        reporter: Reporter,
+        stdout: TextIO | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.options = options
+        self.reporter = reporter
+        self.stdout = stdout or sys.stdout
+        self.summary = RunSummary()
+        self._engine = engine  # None: loaded (memoised) from options.engine on first use
+        self._open_runs: list[DocumentRun] = []
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = load_engine(self.options.engine)
+        return self._engine
+
+    def run(self, documents: Sequence[InputDocument]) -> RunSummary:
+        """Convert ``documents``; raises EngineError (engine cannot start) and KeyboardInterrupt."""
+        self.reporter.start_run(len(documents))
+        try:
+            batch: list[PageWork] = []
+            for work in self._page_works(documents):
+                batch.append(work)
+                if sum(len(w.bands) for w in batch) >= self.options.batch_size:
+                    self._process(batch)
+                    batch = []
+            if batch:
+                self._process(batch)
+        finally:
+            for run in self._open_runs:
+                run.close()
+        return self.summary
+
+    # ------------------------------------------------------------ producing pages
+
+    def _page_works(self, documents: Sequence[InputDocument]) -> Iterator[PageWork]:
+        for document in documents:
+            run = self._start(document)
+            if run is None:
+                continue
+            self._open_runs.append(run)
+            for index in run.indices:
+                if run.failed:
+                    break
+                if index + 1 in run.pages:
+                    continue
+                try:
+                    yield self._prepare(run, index)
+                except InputError as error:
+                    self._fail(run, f"page {index + 1}: {error}")
+            self._finish_if_complete(run)
+
+    def _start(self, document: InputDocument) -> DocumentRun | None:
+        target = output_target(document, self.options)
+        if target is not None and target.exists() and not self.options.overwrite:
+            log.info("%s: %s exists, skipped (use --overwrite to redo it)", document.source, target)
+            self.summary.skipped += 1
+            self.reporter.document_done()
+            return None
+        try:
+            source = open_document(document, self.options.password)
+        except InputError as error:
+            self._record_failure(document.source, str(error))
+            return None
+        try:
+            indices = select_pages(source, self.options.pages)
+        except InputError as error:
+            source.close()
+            self._record_failure(document.source, str(error))
+            return None
+        journal = self._journal_for(document, target)
+        run = DocumentRun(document, source, target, indices, journal)
+        if journal is not None:
+            wanted = {index + 1 for index in indices}
+            run.pages = {number: page for number, page in journal.finished.items() if number in wanted}
+            run.resumed = len(run.pages)
+            self.summary.resumed_pages += run.resumed
+        self.reporter.start_document(document.source, len(indices), run.resumed)
+        return run
+
+    def _journal_for(self, document: InputDocument, target: Path | None) -> Journal | None:
+        if target is None:
+            return None  # stdout cannot be resumed into
+        _remove_own_temporaries(target)
+        identity = (
+            bytes_identity(document.data) if document.data is not None else file_identity(document.path)
+        )
+        # --pages is not part of the fingerprint: a page read once is valid for any selection.
+        return Journal(journal_path(target), fingerprint(identity, self.options.result_options()))
+
+    def _prepare(self, run: DocumentRun, index: int) -> PageWork:
+        options = self.options
+        width, height = run.source.page_size_points(index)
+        render_mode = options.mode if options.mode != "auto" else DEFAULT_MODE
+        image = run.source.render(index, options.dpi or dpi_for(render_mode, width, height))
+        text_layer = run.source.text_layer(index) if options.mode == "auto" else None
+        text_tokens = self.engine.count_text_tokens(text_layer) if text_layer else None
+        choice = resolve_mode(
+            options.mode, image.size, text_tokens, self.engine, options.max_ratio, image=image
+        )
+        self.reporter.page_started(choice.mode)
+        log.debug(
+            "%s page %d: %s mode (%s: ~%d text tokens, ratio %.2f)",
+            run.document.source,
+            index + 1,
+            choice.mode,
+            choice.source,
+            choice.estimated_text_tokens,
+            choice.ratio,
+        )
+        return PageWork(run, index, image, choice.mode, bands.split_into_bands(image))
+
+    # ------------------------------------------------------------ running the engine
+
+    def _process(self, batch: list[PageWork]) -> None:
+        live = [work for work in batch if not work.run.failed]
+        pages = self._read(live, retry=False)
+        degraded = [i for i, page in enumerate(pages) if page.degraded]
+        if degraded:
+            retried = self._read([live[i] for i in degraded], retry=True)
+            for i, page in zip(degraded, retried, strict=True):
+                pages[i] = page
+        for work, page in zip(live, pages, strict=True):
+            page.seconds = round(time.monotonic() - work.started, 3)
+            self._finish_page(work, page)
+
+    def _read(self, works: list[PageWork], retry: bool) -> list[Page]:
+        jobs = [self._job(work, band, retry) for work in works for band in work.bands]
+        outputs = iter(self.engine.generate(jobs, on_token=self.reporter.on_token))
+        return [self._page_from(work, [next(outputs) for _ in work.bands], retry) for work in works]
+
+    def _job(self, work: PageWork, band: bands.Band, retry: bool) -> PageJob:
+        options = self.options
+        ngram, window = options.ngram, options.ngram_window
+        if retry:
+            ngram = max(RETRY_MIN_NGRAM, ngram // RETRY_NGRAM_DIVISOR)
+            window = window * RETRY_WINDOW_FACTOR
+        mode = _read_mode(work.mode, retry)
+        return PageJob(band.image, mode, options.full_prompt(), options.max_tokens, ngram, window)
+
+    def _page_from(self, work: PageWork, outputs: list[EngineOutput], retry: bool) -> Page:
+        parsed = self._parse(work, outputs)
+        hit_limit = any(out.stop_reason == "max_tokens" for out in outputs)
+        reasons = list(parsed.reasons)
+        if hit_limit:
+            reasons.append(postprocess.REASON_TOKEN_LIMIT)
+        return Page(
+            number=work.index + 1,
+            width=work.image.width,
+            height=work.image.height,
+            mode=_read_mode(work.mode, retry),
+            vision_tokens=sum(out.vision.tokens for out in outputs),
+            valid_vision_tokens=sum(out.vision.valid for out in outputs),
+            text_tokens=sum(out.text_tokens for out in outputs),
+            stop_reason="max_tokens" if hit_limit else "eos",
+            degraded=bool(reasons),
+            degraded_reasons=list(dict.fromkeys(reasons)),
+            retried=retry,
+            raw=outputs[0].text
+            if len(outputs) == 1
+            else bands.merge_band_texts([out.text for out in outputs]),
+            blocks=parsed.blocks,
+        )
+
+    def _parse(self, work: PageWork, outputs: list[EngineOutput]) -> postprocess.ParsedPage:
+        """Blocks of the page; a banded page is stitched back with each overlap read once."""
+        if len(outputs) == 1:
+            return postprocess.parse_page(outputs[0].text, work.image.width, work.image.height)
+        if GROUNDING not in self.options.full_prompt():
+            # Without boxes only the text can tell the overlap apart: merge the texts, then parse.
+            merged = bands.merge_band_texts([out.text for out in outputs])
+            return postprocess.parse_page(merged, work.image.width, work.image.height)
+        parsed = [
+            postprocess.parse_page(out.text, band.image.width, band.image.height)
+            for band, out in zip(work.bands, outputs, strict=True)
+        ]
+        stitched = postprocess.ParsedPage(
+            bands.merge_band_blocks(work.bands, [page.blocks for page in parsed])
+        )
+        for page in parsed:
+            for reason in page.reasons:
+                stitched.add_reason(reason)
+        return stitched
+
+    # ------------------------------------------------------------ finishing
+
+    def _finish_page(self, work: PageWork, page: Page) -> None:
+        run = work.run
+        if run.target is not None:
+            writers.save_figures(page, work.image, *writers.figure_location(run.target))
+        if run.journal is not None:
+            run.journal.record(page)
+        run.pages[page.number] = page
+        self.summary.pages += 1
+        if page.degraded:
+            self.summary.degraded.append(
+                f"{run.document.source} page {page.number}: {'; '.join(page.degraded_reasons)}"
+            )
+        self.reporter.page_done(run.document.source, page)
+        self._stream_jsonl(run)
+        self._finish_if_complete(run)
+
+    def _stream_jsonl(self, run: DocumentRun) -> None:
+        """jsonl to stdout: emit each page as soon as it and all pages before it are done."""
+        if run.target is not None or self.options.format != "jsonl":
+            return
+        while run.next_streamed < len(run.indices) and run.indices[run.next_streamed] + 1 in run.pages:
+            page = run.pages[run.indices[run.next_streamed] + 1]
+            self.stdout.write(writers.page_jsonl_line(run.document.source, page) + "\n")
+            self.stdout.flush()
+            run.next_streamed += 1
+
+    def _finish_if_complete(self, run: DocumentRun) -> None:
+        if run.failed or not run.complete or run not in self._open_runs:
+            return
+        document = Document(
+            source=run.document.source,
+            pages=[run.pages[i + 1] for i in run.indices],
+            page_count=run.source.page_count,
+        )
+        self._write_outputs(run, document)
+        if run.journal is not None:
+            run.journal.remove()
+        run.close()
+        self._open_runs.remove(run)
+        self.summary.documents += 1
+        self.reporter.document_done()
+
+    def _write_outputs(self, run: DocumentRun, document: Document) -> None:
+        options = self.options
+        if run.target is None:
+            if options.format != "jsonl":
+                self.stdout.write(writers.render_document(document, options.render))
+                self.stdout.flush()
+            return
+        if options.tables:
+            writers.write_tables_csv(document, run.target.parent, run.target.stem)
+        if options.keep_raw:
+            write_raw_file(run.target.with_name(run.target.stem + RAW_SUFFIX), document)
+        atomic_write_text(run.target, writers.render_document(document, options.render))
+
+    def _fail(self, run: DocumentRun, message: str) -> None:
+        run.failed = True
+        self._record_failure(run.document.source, message)
+        run.close()
+        with contextlib.suppress(ValueError):
+            self._open_runs.remove(run)
+
+    def _record_failure(self, source: str, message: str) -> None:
+        self.summary.failures.append((source, message))
+        self.reporter.error(source, message)
+        self.reporter.document_done()
+
+
+def _read_mode(chosen: str, retry: bool) -> str:
+    """The retry reads one mode up (the most capable mode retries as itself)."""
+    return (next_larger_mode(chosen) or chosen) if retry else chosen
+
+
+def _remove_own_temporaries(target: Path) -> None:
+    """Temporaries a killed run left for this very output (never other runs' files)."""
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}{TEMP_MARKER}*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()

@@ -1,0 +1,115 @@
+"""The real ``docconv`` process: stdin, --from-list -0, SIGKILL then resume, Ctrl-C (exit 130)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from docconv.fsutil import TEMP_MARKER
+from docconv.journal import journal_path
+
+from .helpers import engine_args, make_pdf
+
+DOCCONV = [sys.executable, "-m", "docconv"]
+
+
+def run(*args: object, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*DOCCONV, *map(str, args)], input=stdin, capture_output=True, cwd=cwd, timeout=300)
+
+
+def start(*args: object) -> subprocess.Popen:
+    return subprocess.Popen([*DOCCONV, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_journaled_pages(
+    journal: Path, pages: int, process: subprocess.Popen, timeout: float = 120
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if journal.exists() and len(journal.read_text().splitlines()) > pages:  # + header line
+            return
+        if process.poll() is not None:
+            pytest.fail(f"docconv ended before journaling {pages} pages: {process.stderr.read().decode()}")
+        time.sleep(0.02)
+    process.kill()
+    pytest.fail("no pages journaled in time")
+
+
+def test_stdin_document_to_stdout_keeps_stderr_separate(tmp_path: Path, tiny_model_dir: Path) -> None:
+    pdf = make_pdf(tmp_path / "in.pdf", pages=1).read_bytes()
+    result = run("-", "--mode", "tiny", "--format", "jsonl", *engine_args(tiny_model_dir), stdin=pdf)
+    assert result.returncode == 0, result.stderr.decode()
+    (line,) = result.stdout.decode().splitlines()
+    assert json.loads(line)["source"] == "-"
+    assert b"\x1b[" not in result.stderr  # no live display (cursor control) when stderr is not a terminal
+    assert b"summary" in result.stderr
+
+
+def test_from_list_with_nul_separated_paths(tmp_path: Path, tiny_model_dir: Path) -> None:
+    first = make_pdf(tmp_path / "docs" / "a b.pdf", pages=1)
+    second = make_pdf(tmp_path / "docs" / "sub" / "c.pdf", pages=1)
+    listing = f"{first.relative_to(tmp_path)}\0{second.relative_to(tmp_path)}\0".encode()
+    result = run(
+        "--from-list",
+        "-",
+        "-0",
+        "-o",
+        "out",
+        "--mode",
+        "tiny",
+        "-q",
+        *engine_args(tiny_model_dir),
+        stdin=listing,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"docconv" not in result.stderr and b"summary" not in result.stderr  # --quiet
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.md")) == [
+        "docs/a b.md",
+        "docs/sub/c.md",
+    ]
+
+
+def test_killed_run_resumes_and_every_page_appears_exactly_once(tmp_path: Path, tiny_model_dir: Path) -> None:
+    pdf = make_pdf(tmp_path / "long.pdf", pages=8)
+    out = tmp_path / "long.json"
+    args = [pdf, "-o", out, "--mode", "tiny", "-v", *engine_args(tiny_model_dir)]
+    process = start(*args)
+    wait_for_journaled_pages(journal_path(out), 2, process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists()
+    journaled = len(journal_path(out).read_text().splitlines()) - 1
+
+    resumed = run(*args)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert f"resuming, {journaled} of 8 pages already done" in resumed.stderr.decode()
+    redone = [n for n in range(1, 9) if f"long.pdf page {n}:" in resumed.stderr.decode()]
+    assert redone == list(range(journaled + 1, 9))
+    assert [page["number"] for page in json.loads(out.read_text())["pages"]] == list(range(1, 9))
+    assert not journal_path(out).exists()
+    assert not list(tmp_path.glob(f"*{TEMP_MARKER}*"))
+
+
+def test_ctrl_c_exits_130_keeps_finished_pages_and_leaves_no_partial_files(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    pdf = make_pdf(tmp_path / "long.pdf", pages=8)
+    out = tmp_path / "long.md"
+    process = start(pdf, "-o", out, "--mode", "tiny", *engine_args(tiny_model_dir))
+    wait_for_journaled_pages(journal_path(out), 1, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "interrupted" in stderr.decode().splitlines()[-1]
+    assert "Traceback" not in stderr.decode()
+    assert not out.exists()
+    assert journal_path(out).exists()
+    assert not list(tmp_path.glob(f"*{TEMP_MARKER}*"))
