@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from docconv import __version__, writers
-from docconv.config import config_app, load_settings
+from docconv.config import config_app, settings_or_exit
 from docconv.doctor import doctor as run_doctor
 from docconv.engine import MODES, EngineError, EngineOptions
 from docconv.inputs import STDIN, read_list, resolve_inputs
@@ -345,7 +345,7 @@ def convert(
 ) -> None:
     """Convert documents (PDF, PNG, JPEG, WebP, TIFF, BMP, GIF) to Markdown, JSON, JSONL or HTML."""
     configure_logging(verbose)
-    settings = load_settings(
+    settings = settings_or_exit(
         {
             "model": model,
             "device": device,

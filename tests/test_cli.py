@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -19,6 +20,14 @@ from .helpers import engine_args, make_image, make_pdf, make_tiff
 
 runner = CliRunner()
 SCHEMA = json.loads((Path(docconv.__file__).parent / "schemas" / "document.schema.json").read_text())
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's own config file and DOCCONV_* variables must not change what these tests see."""
+    for name in [name for name in os.environ if name.startswith("DOCCONV_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DOCCONV_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
 
 
 def invoke(*args: str, input: bytes | None = None):
@@ -246,3 +255,27 @@ def test_rerender_of_a_missing_file_is_one_error_line(tmp_path: Path) -> None:
     result = invoke("rerender", tmp_path / "nope.raw.json")
     assert result.exit_code == 1
     assert result.stderr.startswith("docconv: error:") and len(result.stderr.splitlines()) == 1
+
+
+def test_settings_precedence_cli_over_env_over_file(tmp_path: Path, tiny_model_dir: Path) -> None:
+    (tmp_path / "config.toml").write_text('mode = "large"\nmax_tokens = 2\n')
+    env = {"DOCCONV_CONFIG_DIR": str(tmp_path), "DOCCONV_MODEL": str(tiny_model_dir), "DOCCONV_MODE": "small"}
+    pdf = make_pdf(tmp_path / "a.pdf", 1)
+    from_env = runner.invoke(app, [str(pdf), "-o", str(tmp_path / "env.json"), "--device", "cpu"], env=env)
+    assert from_env.exit_code == 0, from_env.stderr
+    (page,) = pages_of(tmp_path / "env.json")
+    assert (page["mode"], page["text_tokens"]) == (
+        "base",
+        2,
+    )  # small from env, retried one up; 2 from the file
+    from_cli = runner.invoke(
+        app, [str(pdf), "-o", str(tmp_path / "cli.json"), "--device", "cpu", "--mode", "tiny"], env=env
+    )
+    assert from_cli.exit_code == 0, from_cli.stderr
+    assert pages_of(tmp_path / "cli.json")[0]["mode"] == "small"  # tiny from the command line, retried one up
+
+
+def test_bad_setting_in_environment_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, [str(make_pdf(tmp_path / "a.pdf", 1))], env={"DOCCONV_BATCH_SIZE": "many"})
+    assert result.exit_code == 2
+    assert result.stderr.startswith("docconv: error: environment variable DOCCONV_BATCH_SIZE")

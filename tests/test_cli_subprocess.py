@@ -20,6 +20,14 @@ from .helpers import engine_args, make_pdf
 DOCCONV = [sys.executable, "-m", "docconv"]
 
 
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's own config file and DOCCONV_* variables must not change what these tests see."""
+    for name in [name for name in os.environ if name.startswith("DOCCONV_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DOCCONV_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+
+
 def run(*args: object, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*DOCCONV, *map(str, args)], input=stdin, capture_output=True, cwd=cwd, timeout=300)
 
