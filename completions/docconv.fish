@@ -1,0 +1,1 @@
+complete --command docconv --no-files --arguments "(env _DOCCONV_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) docconv)" --condition "env _DOCCONV_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) docconv"
