@@ -117,3 +117,15 @@ def test_whole_document_json_goes_to_stdout_once_complete(
     document = json.loads(stdout)
     assert [p["number"] for p in document["pages"]] == [1, 2]
     assert {"mode", "vision_tokens", "text_tokens", "ratio", "stop_reason"} <= set(document["pages"][0])
+
+
+def test_receipt_shaped_page_is_read_in_bands_and_stitched_into_one_page(
+    tmp_path: Path, engine_options: EngineOptions
+) -> None:
+    receipt = make_image(tmp_path / "receipt.png", size=(120, 1200))  # 1:10, far past 1:4
+    engine, stdout, _ = convert([receipt], engine_options, format="json")
+    first_read = engine.batches[0]
+    assert len(first_read) > 1  # one job per band
+    assert all(job.image.height < 1200 for job in first_read)
+    (page,) = json.loads(stdout)["pages"]
+    assert (page["width"], page["height"]) == (120, 1200)
