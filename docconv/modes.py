@@ -47,6 +47,7 @@ MIN_LINE_HEIGHT = 4  # thinner row bands are rules, dots or scan noise
 VERTICAL_RULE = 40  # straight ink runs this long are table rules / frames, not glyphs
 HORIZONTAL_RULE = 60
 COLUMN_GAP_EM = 1.0  # a horizontal gap wider than this many line heights separates columns
+STRIP_WIDTH = 200  # pages are read in strips so a photo or margin bar only spoils its own strip
 LINE_VALLEY_SHARE = 0.15  # rows with less ink than this share of their band's peak separate lines
 LINE_BODY_SHARE = 0.6  # a valley-separated row run this tall relative to the tallest is a line
 SOLID_INK_DENSITY = 0.5  # text bands are mostly paper; denser bands are pictures or fills
@@ -153,37 +154,48 @@ def estimate_text_tokens(image: Image.Image) -> int:
     projection and measures each line's inked width in character advances
     (``CHAR_WIDTH_EM`` x line height). See docs/auto-mode.md for the corpus check.
     """
-    ink = _ink_mask(_working_gray(image))
+    gray = _working_gray(image)
+    ink = _ink_mask(np.asarray(gray), np.asarray(gray.histogram(), dtype=np.float64))
     if ink is None:
         return 0
     ink &= ~_long_runs(ink, VERTICAL_RULE, axis=0)
     ink &= ~_long_runs(ink, HORIZONTAL_RULE, axis=1)
-    return round(_character_units(ink) * TOKENS_PER_CHAR)
+    units = sum(
+        _character_units(ink[:, left : left + STRIP_WIDTH]) for left in range(0, ink.shape[1], STRIP_WIDTH)
+    )
+    return round(units * TOKENS_PER_CHAR)
 
 
-def _working_gray(image: Image.Image) -> np.ndarray:
+def _working_gray(image: Image.Image) -> Image.Image:
+    factor = image.width // WORKING_WIDTH
+    if factor >= 2:  # integer box reduction first: far cheaper than resampling a huge scan
+        image = image.reduce(factor)
     gray = image.convert("L")
     if gray.width > WORKING_WIDTH:
         height = max(1, round(gray.height * WORKING_WIDTH / gray.width))
         gray = gray.resize((WORKING_WIDTH, height), Image.Resampling.BOX)
-    return np.asarray(gray)
+    return gray
 
 
-def _ink_mask(gray: np.ndarray) -> np.ndarray | None:
+def _ink_mask(gray: np.ndarray, histogram: np.ndarray) -> np.ndarray | None:
     """Ink pixels, or None for a page without readable contrast (blank, flat colour)."""
-    ink = gray <= _otsu_threshold(gray)
-    if ink.mean() > 0.5:  # light text on a dark background
-        ink = ~ink
-    if not ink.any() or ink.all():
+    threshold = _otsu_threshold(histogram)
+    levels = np.arange(256)
+    dark, light = histogram[: threshold + 1], histogram[threshold + 1 :]
+    if not dark.sum() or not light.sum():
         return None
-    contrast = abs(float(gray[ink].mean()) - float(gray[~ink].mean()))
-    return ink if contrast >= MIN_INK_CONTRAST else None
+    dark_mean = (dark * levels[: threshold + 1]).sum() / dark.sum()
+    light_mean = (light * levels[threshold + 1 :]).sum() / light.sum()
+    if light_mean - dark_mean < MIN_INK_CONTRAST:
+        return None
+    # The minority class is the ink: dark text on paper, or light text on a dark slide.
+    return gray <= threshold if dark.sum() <= light.sum() else gray > threshold
 
 
-def _otsu_threshold(gray: np.ndarray) -> int:
-    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
-    weight = np.cumsum(hist / hist.sum())
-    cumulative_mean = np.cumsum(hist / hist.sum() * np.arange(256))
+def _otsu_threshold(histogram: np.ndarray) -> int:
+    share = histogram / histogram.sum()
+    weight = np.cumsum(share)
+    cumulative_mean = np.cumsum(share * np.arange(256))
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (cumulative_mean[-1] * weight - cumulative_mean) ** 2 / (weight * (1 - weight))
     return int(np.nanargmax(between)) if np.isfinite(between).any() else 127
@@ -191,23 +203,23 @@ def _otsu_threshold(gray: np.ndarray) -> int:
 
 def _long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
     """Pixels of ``mask`` on a straight run of at least ``length`` along ``axis``."""
-    grid = mask if axis == 0 else mask.T
-    height, width = grid.shape
-    padded = np.zeros((height + 2, width), dtype=np.int8)
-    padded[1:-1] = grid
-    edges = np.diff(padded, axis=0).T  # transposed so runs come out column by column, paired
-    start_col, start_row = np.nonzero(edges == 1)
-    _, end_row = np.nonzero(edges == -1)
-    long = (end_row - start_row) >= length
-    runs = np.zeros((height, width), dtype=bool)
-    columns, column_index = np.unique(start_col[long], return_inverse=True)
-    if len(columns):
-        # Only the few columns holding a rule need the (costly) prefix sum.
-        marker = np.zeros((height + 1, len(columns)), dtype=np.int32)
-        np.add.at(marker, (start_row[long], column_index), 1)
-        np.add.at(marker, (end_row[long], column_index), -1)
-        runs[:, columns] = np.cumsum(marker, axis=0)[:height] > 0
-    return runs if axis == 0 else runs.T
+    lines = np.ascontiguousarray(mask.T if axis == 0 else mask)  # one row per line along ``axis``
+    count, size = lines.shape
+    padded = np.zeros((count, size + 2), dtype=np.int8)
+    padded[:, 1:-1] = lines
+    line, position = np.nonzero(np.diff(padded, axis=1))
+    # Per line, edges alternate run start, run end, in order.
+    starts, ends, run_line = position[0::2], position[1::2], line[0::2]
+    long = (ends - starts) >= length
+    runs = np.zeros((count, size), dtype=bool)
+    ruled, ruled_index = np.unique(run_line[long], return_inverse=True)
+    if len(ruled):
+        # Only the few lines holding a rule need the (costly) prefix sum.
+        marker = np.zeros((len(ruled), size + 1), dtype=np.int32)
+        np.add.at(marker, (ruled_index, starts[long]), 1)
+        np.add.at(marker, (ruled_index, ends[long]), -1)
+        runs[ruled] = np.cumsum(marker, axis=1)[:, :size] > 0
+    return runs.T if axis == 0 else runs
 
 
 def _runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,6 +229,7 @@ def _runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _character_units(ink: np.ndarray) -> float:
+    """Character advances in one vertical strip of the page."""
     row_ink = ink.sum(axis=1)
     starts, ends = _runs(row_ink >= 2)
     heights = ends - starts
