@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from docconv.bands import merge_band_blocks, merge_band_pages, merge_band_texts, split_into_bands
@@ -142,3 +146,19 @@ def test_parsed_band_outputs_stitch_into_one_page() -> None:
     merged = merge_band_pages(bands[:2], parsed)
     assert [block.text for block in merged] == ["Shop 42", "Coffee 7.50", "TOTAL 7.50"]
     assert all(merged[i].bboxes[0][1] < merged[i + 1].bboxes[0][1] for i in range(2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(short=st.integers(1, 60), ratio=st.floats(4.01, 60.0), overlap=st.floats(0.0, 0.3), wide=st.booleans())
+def test_any_long_page_is_covered_by_bands_of_at_most_1_to_2(
+    short: int, ratio: float, overlap: float, wide: bool
+) -> None:
+    long = math.ceil(short * ratio)
+    page = Image.new("L", (long, short) if wide else (short, long))
+    bands = split_into_bands(page, max_aspect=4.0, overlap=overlap)
+    assert bands[0].offset == 0 and bands[-1].offset + bands[-1].length == long
+    assert all(b.length <= 2 * short + 1 for b in bands)
+    assert all(
+        a.offset + a.length >= b.offset + math.floor(overlap * a.length) - 1
+        for a, b in zip(bands, bands[1:], strict=False)
+    )
