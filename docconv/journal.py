@@ -101,8 +101,8 @@ def _header(digest: str) -> str:
 def _read_matching(path: Path, digest: str) -> dict[int, Page]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (FileNotFoundError, UnicodeDecodeError):
-        return {}
+    except (OSError, UnicodeDecodeError):
+        return {}  # no usable journal: start the document from its first page
     if not lines or _parse(lines[0]) != json.loads(_header(digest)):
         return {}
     pages: dict[int, Page] = {}

@@ -244,7 +244,12 @@ class Pipeline:
             source.close()
             self._record_failure(document.source, str(error))
             return None
-        journal = self._journal_for(document, target)
+        try:
+            journal = self._journal_for(document, target)
+        except OSError as error:
+            source.close()
+            self._record_failure(document.source, _write_error(target, error))
+            return None
         run = DocumentRun(document, source, target, indices, journal)
         if journal is not None:
             wanted = {index + 1 for index in indices}
@@ -362,10 +367,16 @@ class Pipeline:
 
     def _finish_page(self, work: PageWork, page: Page) -> None:
         run = work.run
-        if run.target is not None:
-            writers.save_figures(page, work.image, *writers.figure_location(run.target))
-        if run.journal is not None:
-            run.journal.record(page)
+        if run.failed:  # an earlier page of this batch could not be written
+            return
+        try:
+            if run.target is not None:
+                writers.save_figures(page, work.image, *writers.figure_location(run.target))
+            if run.journal is not None:
+                run.journal.record(page)
+        except OSError as error:
+            self._fail(run, _write_error(run.target, error))
+            return
         run.pages[page.number] = page
         self.summary.pages += 1
         if page.degraded:
@@ -394,7 +405,14 @@ class Pipeline:
             pages=[run.pages[i + 1] for i in run.indices],
             page_count=run.source.page_count,
         )
-        self._write_outputs(run, document)
+        if run.target is None:
+            self._write_stdout(document)
+        else:
+            try:
+                self._write_files(run.target, document)
+            except OSError as error:
+                self._fail(run, _write_error(run.target, error))
+                return
         if run.journal is not None:
             run.journal.remove()
         run.close()
@@ -402,18 +420,18 @@ class Pipeline:
         self.summary.documents += 1
         self.reporter.document_done()
 
-    def _write_outputs(self, run: DocumentRun, document: Document) -> None:
+    def _write_stdout(self, document: Document) -> None:
+        if self.options.format != "jsonl":  # jsonl pages were streamed as they finished
+            self.stdout.write(writers.render_document(document, self.options.render))
+            self.stdout.flush()
+
+    def _write_files(self, target: Path, document: Document) -> None:
         options = self.options
-        if run.target is None:
-            if options.format != "jsonl":
-                self.stdout.write(writers.render_document(document, options.render))
-                self.stdout.flush()
-            return
         if options.tables:
-            writers.write_tables_csv(document, run.target.parent, run.target.stem)
+            writers.write_tables_csv(document, target.parent, target.stem)
         if options.keep_raw:
-            write_raw_file(run.target.with_name(run.target.stem + RAW_SUFFIX), document)
-        atomic_write_text(run.target, writers.render_document(document, options.render))
+            write_raw_file(target.with_name(target.stem + RAW_SUFFIX), document)
+        atomic_write_text(target, writers.render_document(document, options.render))
 
     def _fail(self, run: DocumentRun, message: str) -> None:
         run.failed = True
@@ -426,6 +444,10 @@ class Pipeline:
         self.summary.failures.append((source, message))
         self.reporter.error(source, message)
         self.reporter.document_done()
+
+
+def _write_error(target: Path | None, error: OSError) -> str:
+    return f"cannot write {target} ({error.strerror or error}); check permissions and free space"
 
 
 def _read_mode(chosen: str, retry: bool) -> str:

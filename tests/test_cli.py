@@ -279,3 +279,13 @@ def test_bad_setting_in_environment_is_a_usage_error(tmp_path: Path) -> None:
     result = runner.invoke(app, [str(make_pdf(tmp_path / "a.pdf", 1))], env={"DOCCONV_BATCH_SIZE": "many"})
     assert result.exit_code == 2
     assert result.stderr.startswith("docconv: error: environment variable DOCCONV_BATCH_SIZE")
+
+
+def test_unwritable_output_fails_that_input_only(tmp_path: Path, tiny: list[str]) -> None:
+    (tmp_path / "blocker").write_text("a file where a directory is expected")
+    result = invoke(
+        make_pdf(tmp_path / "a.pdf", 1), "-o", tmp_path / "blocker" / "a.md", "--mode", "tiny", "-q", *tiny
+    )
+    assert result.exit_code == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("docconv:")]
+    assert line.startswith("docconv: error:") and "cannot write" in line
