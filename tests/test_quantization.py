@@ -1,0 +1,79 @@
+"""bitsandbytes 8-bit and 4-bit (nf4) on CPU against the float32 fixture checkpoints.
+
+Guards the agreement measured when quantization landed (docs/benchmarks.md, "Quantization
+accuracy"): next-token logits cosine similarity with float32 and the first greedy tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepseek_ocr import DeepseekOcrProcessor, load_model, plan_runtime
+from deepseek_ocr.generation import greedy_config
+
+from .conftest import PARITY
+
+bnb = pytest.importorskip("bitsandbytes")
+
+#: (quant, minimum cosine similarity of next-token logits, greedy tokens that must agree)
+GUARDS = [("8bit", 0.999, 2), ("4bit", 0.98, 1)]
+CASES = ["s15_base_square_md", "s15_tiny_page_ref", "s19_small_tall_md"]
+
+
+@cache
+def model_for(directory: Path, dtype: str, quant: str):
+    return load_model(directory, plan_runtime(device="cpu", dtype=dtype, quant=quant))
+
+
+def case_inputs(case: str):
+    meta = json.loads((PARITY / "cases" / case / "meta.json").read_text())
+    directory = PARITY / "models" / f"seed{meta['seed']}"
+    processor = DeepseekOcrProcessor.from_pretrained(directory)
+    features = dict(processor([PARITY / "images" / meta["image"]], meta["prompt"], meta["mode"]))
+    inputs = {k: v for k, v in features.items() if k not in ("vision_tokens", "valid_vision_tokens")}
+    return directory, inputs
+
+
+def greedy(model, inputs: dict, tokens: int = 8) -> tuple[list[int], torch.Tensor]:
+    config = greedy_config(None, pad_token_id=2, max_new_tokens=tokens)
+    config.output_scores, config.return_dict_in_generate = True, True
+    model.generation_config.eos_token_id = None
+    with torch.inference_mode():
+        out = model.generate(**inputs, generation_config=config)
+    return out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), out.scores[0][0].float()
+
+
+@pytest.mark.parametrize(("quant", "min_cosine", "agreeing_tokens"), GUARDS)
+@pytest.mark.parametrize("case", CASES)
+def test_quantized_model_agrees_with_float32(case, quant, min_cosine, agreeing_tokens):
+    if not (PARITY / "cases" / case).is_dir():
+        pytest.skip(f"fixture case {case} not present")
+    directory, inputs = case_inputs(case)
+    reference = model_for(directory, "float32", "none")
+    quantized = model_for(directory, "bfloat16", quant)
+
+    ref_ids, ref_logits = greedy(reference, inputs)
+    q_ids, q_logits = greedy(quantized, inputs)
+    assert F.cosine_similarity(ref_logits, q_logits, dim=0) >= min_cosine
+    assert q_ids[:agreeing_tokens] == ref_ids[:agreeing_tokens]
+
+
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
+def test_only_decoder_linears_are_quantized(tiny_model_dir, quant):
+    model = load_model(tiny_model_dir, plan_runtime(device="cpu", dtype="bfloat16", quant=quant))
+    quantized_type = bnb.nn.Linear8bitLt if quant == "8bit" else bnb.nn.Linear4bit
+    decoder = model.model.layers
+    assert isinstance(decoder[0].self_attn.q_proj, quantized_type)
+    assert isinstance(decoder[1].mlp.experts[0].gate_proj, quantized_type)
+    assert type(model.lm_head) is nn.Linear
+    assert type(model.model.sam_model.blocks[0].attn.qkv) is nn.Linear
+    assert type(model.model.vision_model.transformer.layers[0].mlp.fc1) is nn.Linear
+    assert type(model.model.projector.layers) is nn.Linear
+    assert model.model.layers[1].mlp.gate.weight.dtype == torch.bfloat16  # the router is never quantized
