@@ -102,7 +102,7 @@ def convert(
         ),
     ] = None,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "-o",
             "--output",
@@ -366,7 +366,10 @@ def convert(
         }
     )
     paths = _input_paths(inputs or [], from_list, null)
-    fmt = _format(output_format, output, settings.format)
+    # -o stays a string until here: Path("out/") would forget the slash that asks for a directory.
+    wants_dir = output is not None and output.endswith(("/", os.sep))
+    output_path = Path(output) if output is not None else None
+    fmt = _format(output_format, output_path, settings.format)
     several = len(paths) > 1 or any(Path(p).is_dir() for p in paths if p != STDIN)
     if output is None and several and fmt != "jsonl":
         usage_error("several inputs need -o DIR (or --format jsonl to stream to stdout)")
@@ -394,8 +397,8 @@ def convert(
             max_tiles=settings.max_tiles,
         ),
         render=render,
-        output=output,
-        output_is_dir=_output_is_dir(output, several, fmt),
+        output=output_path,
+        output_is_dir=_output_is_dir(output_path, wants_dir, several, fmt),
         mode=settings.mode,
         max_ratio=settings.max_ratio,
         dpi=settings.dpi,
@@ -447,13 +450,13 @@ def _format(requested: Enum | None, output: Path | None, default: str) -> str:
     return by_suffix.get(suffix, default)
 
 
-def _output_is_dir(output: Path | None, several: bool, fmt: str) -> bool:
+def _output_is_dir(output: Path | None, wants_dir: bool, several: bool, fmt: str) -> bool:
     if output is None:
         return False
-    if output.is_dir() or str(output).endswith(("/", "\\")):
+    if wants_dir or output.is_dir():
         return True
     if several:
-        if output.suffix.lower() in writers.EXTENSIONS.values():
+        if output.exists() or output.suffix.lower() in writers.EXTENSIONS.values():
             usage_error(f"-o {output}: several inputs need an output directory, not a file")
         return True
     if output.suffix.lower() != writers.EXTENSIONS[fmt]:

@@ -289,3 +289,21 @@ def test_unwritable_output_fails_that_input_only(tmp_path: Path, tiny: list[str]
     assert result.exit_code == 1
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("docconv:")]
     assert line.startswith("docconv: error:") and "cannot write" in line
+
+
+def test_trailing_slash_makes_a_new_output_directory_for_one_input(tmp_path: Path, tiny: list[str]) -> None:
+    pdf = make_pdf(tmp_path / "scan.pdf", 1)
+    result = invoke(pdf, "-o", f"{tmp_path / 'new'}/", "--mode", "tiny", *tiny)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "new" / "scan.md").is_file()
+
+
+def test_output_suffix_picks_the_format_and_a_mismatch_is_a_usage_error(
+    tmp_path: Path, tiny: list[str]
+) -> None:
+    pdf = make_pdf(tmp_path / "scan.pdf", 1)
+    assert invoke(pdf, "-o", tmp_path / "scan.html", "--mode", "tiny", *tiny).exit_code == 0
+    assert "<" in (tmp_path / "scan.html").read_text()
+    mismatch = invoke(pdf, "-o", tmp_path / "scan.md", "--format", "json", *tiny)
+    assert mismatch.exit_code == 2
+    assert "must end in .json" in mismatch.stderr
