@@ -7,6 +7,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from transformers.utils import logging as transformers_logging
+
 from deepseek_ocr import (
     CheckpointError,
     DeepseekOcrProcessor,
@@ -48,6 +50,9 @@ class DeepseekOcrEngine:
     name = "deepseek-ocr"
 
     def __init__(self, options: EngineOptions):
+        # docconv draws its own progress on stderr; transformers' bars and notices would interleave.
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
         checkpoint = resolve_checkpoint(options)
         try:
             config = load_config(checkpoint)
