@@ -129,3 +129,9 @@ def _has_repeated_ngram(tokens: list[int], n: int, window: int) -> bool:
         if any(earlier[i : i + n] == gram for i in range(len(earlier) - n + 1)):
             return True
     return False
+
+
+def test_from_pretrained_loads_the_official_layout_without_key_mismatches(tiny_model_dir):
+    model, info = DeepseekOcrForConditionalGeneration.from_pretrained(tiny_model_dir, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert model.model.view_seperator.shape == (model.config.hidden_size,)
