@@ -28,7 +28,7 @@ from docconv.engine import Engine, EngineOptions, EngineOutput, PageJob, create_
 from docconv.fsutil import TEMP_MARKER, atomic_write_text
 from docconv.inputs import InputDocument, InputError
 from docconv.journal import Journal, bytes_identity, file_identity, fingerprint, journal_path
-from docconv.modes import next_larger_mode, resolve_mode
+from docconv.modes import AUTO, next_larger_mode, resolve_mode
 from docconv.pages import DEFAULT_MODE, PageSelection, PageSource, dpi_for, open_document, select_pages
 from docconv.progress import Reporter, RunSummary
 from docconv.rerender import RAW_SUFFIX, write_raw_file
@@ -271,13 +271,20 @@ class Pipeline:
 
     def _prepare(self, run: DocumentRun, index: int) -> PageWork:
         options = self.options
+        auto = options.mode == AUTO
         width, height = run.source.page_size_points(index)
-        render_mode = options.mode if options.mode != "auto" else DEFAULT_MODE
+        # auto decides per page after rendering, so it renders for the richest mode it picks.
+        render_mode = DEFAULT_MODE if auto else options.mode
         image = run.source.render(index, options.dpi or dpi_for(render_mode, width, height))
-        text_layer = run.source.text_layer(index) if options.mode == "auto" else None
+        text_layer = run.source.text_layer(index) if auto else None
         text_tokens = self.engine.count_text_tokens(text_layer) if text_layer else None
         choice = resolve_mode(
-            options.mode, image.size, text_tokens, self.engine, options.max_ratio, image=image
+            options.mode,
+            image.size,
+            text_tokens,
+            self.engine,
+            options.max_ratio,
+            image=image if auto else None,
         )
         self.reporter.page_started(choice.mode)
         log.debug(
