@@ -25,7 +25,7 @@ from docconv.inputs import STDIN, read_list, resolve_inputs
 from docconv.models_cli import models_app
 from docconv.pages import parse_pages
 from docconv.pipeline import TASK_PROMPTS, ConvertOptions, Pipeline
-from docconv.progress import Reporter, configure_logging
+from docconv.progress import Reporter
 from docconv.rerender import RerenderError, rerender_files
 
 EXIT_OK = 0
@@ -344,7 +344,6 @@ def convert(
     ] = 0,
 ) -> None:
     """Convert documents (PDF, PNG, JPEG, WebP, TIFF, BMP, GIF) to Markdown, JSON, JSONL or HTML."""
-    configure_logging(verbose)
     settings = settings_or_exit(
         {
             "model": model,
@@ -415,7 +414,7 @@ def convert(
         overwrite=overwrite,
         keep_raw=keep_raw,
     )
-    raise typer.Exit(_run(paths, glob, options, quiet))
+    raise typer.Exit(_run(paths, glob, options, quiet, verbose))
 
 
 def _value(choice: Enum | None) -> str | None:
@@ -467,8 +466,9 @@ def _output_is_dir(output: Path | None, wants_dir: bool, several: bool, fmt: str
     return False
 
 
-def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: bool) -> int:
+def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: bool, verbose: int) -> int:
     reporter = Reporter(quiet=quiet)
+    reporter.configure_logging(verbose)
     resolved = resolve_inputs(paths, glob=glob)
     for failure in resolved.failures:
         reporter.error(failure.source, failure.message)

@@ -48,22 +48,6 @@ class RunSummary:
         return time.monotonic() - self.started
 
 
-def configure_logging(verbosity: int, stream: TextIO | None = None) -> None:
-    """``-v`` shows per-page details, ``-vv`` debug output of docconv and the engine."""
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    stream = stream or sys.stderr
-    handler: logging.Handler
-    if stream.isatty():
-        handler = RichHandler(console=Console(file=stream), show_path=False, markup=False)
-    else:
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("docconv: %(message)s"))
-    root = logging.getLogger("docconv")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
 class Reporter:
     """Progress display plus error and summary output, all on ``stream`` (stderr)."""
 
@@ -78,6 +62,21 @@ class Reporter:
         self._tokens = 0
         self._tokens_started = time.monotonic()
         self._current_mode = ""
+
+    def configure_logging(self, verbosity: int) -> None:
+        """``-v`` logs per page, ``-vv`` adds debug output; drawn through the live display's console."""
+        level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+        handler: logging.Handler
+        if self._live:
+            # Sharing the progress console keeps log lines above the bars instead of through them.
+            handler = RichHandler(console=self._console, show_path=False, markup=False)
+        else:
+            handler = logging.StreamHandler(self._stream)
+            handler.setFormatter(logging.Formatter("docconv: %(message)s"))
+        root = logging.getLogger("docconv")
+        root.handlers[:] = [handler]
+        root.setLevel(level)
+        root.propagate = False
 
     def __enter__(self) -> Reporter:
         if self._live:
@@ -119,6 +118,8 @@ class Reporter:
 
     def on_token(self, job: int, generated: int) -> None:
         """Engine token callback: feeds the tokens/s figure."""
+        if self._tokens == 0:
+            self._tokens_started = time.monotonic()  # the rate excludes loading the model
         self._tokens += 1
         if generated % 16 == 0:
             self._update_detail(None)
