@@ -13,7 +13,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -42,7 +41,7 @@ class _ConvertByDefault(TyperGroup):
 
     _GROUP_OPTIONS = frozenset({"--help", "-h", "--version", "--install-completion", "--show-completion"})
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in self._GROUP_OPTIONS:
             args = [CONVERT, *args]
         return super().parse_args(ctx, args)
