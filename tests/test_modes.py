@@ -254,3 +254,36 @@ def test_whole_scanned_spread_with_photo_is_measured(corpus_root: Path) -> None:
     with Image.open(documents / "unlv_8071_093.3B.tif") as scan:
         estimate = estimate_text_tokens(scan.convert("RGB"))
     assert 0.7 < estimate / reference < 1.5
+
+
+#: Its text layer holds only a caption; the rest of its text is drawn as graphics.
+TEXT_IN_GRAPHICS = {"olmocr_test-graphical-text.pdf"}
+
+
+def text_layer_estimates(documents: Path) -> list[tuple[str, float, int]]:
+    """(pdf name, text-layer reference tokens, image estimate) over pages with a text layer."""
+    rows = []
+    for source in sorted(documents.glob("*.pdf")):
+        reference, estimate = 0.0, 0
+        with pymupdf.open(source) as doc:
+            for page in doc:
+                text = page.get_text()
+                if len(text.strip()) < 20:
+                    continue
+                pixmap = page.get_pixmap(dpi=144, alpha=False)
+                estimate += estimate_text_tokens(
+                    Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples)
+                )
+                reference += reference_tokens(text)
+        if reference:
+            rows.append((source.name, reference, estimate))
+    return rows
+
+
+def test_estimate_agrees_with_pdf_text_layers(corpus_root: Path) -> None:
+    rows = text_layer_estimates(corpus_root / "documents")
+    assert len(rows) >= 10
+    for name, reference, estimate in rows:
+        print(f"| {name} | {reference:.0f} | {estimate} | {estimate / reference:.2f} |")
+    off = [(name, round(est / ref, 2)) for name, ref, est in rows if not 0.5 <= est / ref <= 2.0]
+    assert [name for name, _ in off if name not in TEXT_IN_GRAPHICS] == [], off
