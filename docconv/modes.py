@@ -39,6 +39,11 @@ AUTO_CEILING = "gundam"
 #: covers both.
 TOKENS_PER_CHAR = 0.3
 
+#: A text layer is trusted unless the image shows more than this many times its text: the
+#: estimate stays within 0.58x-1.35x of the truth on the corpus, so beyond 2x the layer is
+#: partial (text drawn as graphics, a caption-only layer) and the estimate is used instead.
+PARTIAL_LAYER_FACTOR = 2.0
+
 # Text-density estimate, see docs/auto-mode.md. Sizes are in working-image pixels.
 WORKING_WIDTH = 1000
 MIN_INK_CONTRAST = 48  # grey levels between ink and paper means; below that the page is blank
@@ -91,7 +96,8 @@ def resolve_mode(
     """Pick the mode for one page of ``page_size`` (width, height).
 
     ``text_tokens`` is the token count of the page's PDF text layer (None when it has none);
-    otherwise ``image`` is measured with :func:`estimate_text_tokens`.
+    ``image`` is measured with :func:`estimate_text_tokens`, which replaces the text layer's
+    count when it shows more than ``PARTIAL_LAYER_FACTOR`` times as much text.
     """
     if requested != AUTO and requested not in MODE_ORDER:
         raise ValueError(f"unknown mode {requested!r}; expected auto or one of {', '.join(MODE_ORDER)}")
@@ -107,10 +113,11 @@ def resolve_mode(
 def _text_tokens(
     text_tokens: int | None, image: Image.Image | None, required: bool
 ) -> tuple[int, ModeSource]:
-    if text_tokens is not None:
+    estimate = estimate_text_tokens(image) if image is not None else None
+    if text_tokens is not None and (estimate is None or estimate <= PARTIAL_LAYER_FACTOR * text_tokens):
         return text_tokens, "text-layer"
-    if image is not None:
-        return estimate_text_tokens(image), "image-estimate"
+    if estimate is not None:
+        return estimate, "image-estimate"
     if required:
         raise ValueError("mode auto needs the page's text-layer token count or its image")
     return 0, "requested"

@@ -116,6 +116,22 @@ def test_auto_without_text_layer_measures_the_image() -> None:
     assert choice.mode in ("base", "large")
 
 
+def test_text_layer_is_trusted_within_the_estimators_error() -> None:
+    page = _text_page(LETTER_144DPI, lines=40)
+    estimate = estimate_text_tokens(page)
+    choice = resolve_mode("auto", page.size, round(estimate * 0.6), ENGINE, image=page)
+    assert (choice.source, choice.estimated_text_tokens) == ("text-layer", round(estimate * 0.6))
+
+
+def test_partial_text_layer_gives_way_to_the_image() -> None:
+    # A layer holding a caption while the page is full of text drawn as graphics.
+    page = _text_page(LETTER_144DPI, lines=40)
+    choice = resolve_mode("auto", page.size, 15, ENGINE, image=page)
+    assert choice.source == "image-estimate"
+    assert choice.estimated_text_tokens == estimate_text_tokens(page)
+    assert choice.mode != "tiny"
+
+
 def test_auto_needs_tokens_or_an_image() -> None:
     with pytest.raises(ValueError, match="needs"):
         resolve_mode("auto", LETTER_144DPI, None, ENGINE)
