@@ -55,15 +55,32 @@ def split_into_bands(image: Image.Image, max_aspect: float = 4.0, overlap: float
     Pages within ``max_aspect`` come back as a single band covering the whole page.
     ``overlap`` is the share of a band's length it shares with the next band.
     """
+    axis, length, offsets = _layout(image.size, max_aspect, overlap)
+    if len(offsets) == 1:
+        return [Band(image, 0, image.size, axis)]
+    return [_crop_band(image, axis, offset, length) for offset in offsets]
+
+
+def band_sizes(size: tuple[int, int], max_aspect: float = 4.0, overlap: float = 0.1) -> list[tuple[int, int]]:
+    """(width, height) of each band :func:`split_into_bands` cuts a page of ``size`` into."""
+    axis, length, offsets = _layout(size, max_aspect, overlap)
+    if len(offsets) == 1:
+        return [size]
+    band = (size[0], length) if axis == "vertical" else (length, size[1])
+    return [band] * len(offsets)
+
+
+def _layout(size: tuple[int, int], max_aspect: float, overlap: float) -> tuple[Axis, int, list[int]]:
+    """Split axis, band length and band offsets (one band at offset 0 when no split is needed)."""
     if not 0 <= overlap < 0.5:
         raise ValueError(f"overlap must be in [0, 0.5), got {overlap}")
-    width, height = image.size
+    width, height = size
     axis: Axis = "vertical" if height >= width else "horizontal"
     long_side, short_side = max(width, height), min(width, height)
     if long_side <= max_aspect * short_side:
-        return [Band(image, 0, image.size, axis)]
+        return axis, long_side, [0]
     length, offsets = _band_layout(long_side, short_side, overlap)
-    return [_crop_band(image, axis, offset, length) for offset in offsets]
+    return axis, length, offsets
 
 
 def _band_layout(long_side: int, short_side: int, overlap: float) -> tuple[int, list[int]]:

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 import numpy as np
 from PIL import Image
 
+from docconv.bands import band_sizes
 from docconv.engine import MODES, VisionBudget
 
 MODE_ORDER: tuple[str, ...] = MODES
@@ -97,7 +98,9 @@ def resolve_mode(
 
     ``text_tokens`` is the token count of the page's PDF text layer (None when it has none);
     ``image`` is measured with :func:`estimate_text_tokens`, which replaces the text layer's
-    count when it shows more than ``PARTIAL_LAYER_FACTOR`` times as much text.
+    count when it shows more than ``PARTIAL_LAYER_FACTOR`` times as much text. A page that
+    :func:`docconv.bands.split_into_bands` cuts into bands is judged by the bands' geometry
+    and their vision tokens together, since that is how the engine reads it.
     """
     if requested != AUTO and requested not in MODE_ORDER:
         raise ValueError(f"unknown mode {requested!r}; expected auto or one of {', '.join(MODE_ORDER)}")
@@ -126,8 +129,16 @@ def _text_tokens(
 def _choice(
     mode: str, page_size: tuple[int, int], tokens: int, engine: BudgetSource, source: ModeSource
 ) -> ModeChoice:
-    valid = engine.vision_budget(page_size[0], page_size[1], mode).valid
+    valid = page_budget(engine, page_size, mode).valid
     return ModeChoice(mode, tokens, valid, _ratio(tokens, valid), source)
+
+
+def page_budget(engine: BudgetSource, page_size: tuple[int, int], mode: str) -> VisionBudget:
+    """Vision tokens of a whole page in ``mode``, summed over the bands an extreme page is cut into."""
+    budgets = [engine.vision_budget(width, height, mode) for width, height in band_sizes(page_size)]
+    return VisionBudget(
+        sum(b.tokens for b in budgets), sum(b.valid for b in budgets), sum(b.sequence for b in budgets)
+    )
 
 
 def _ratio(tokens: int, valid: int) -> float:
@@ -139,10 +150,10 @@ def _ratio(tokens: int, valid: int) -> float:
 def _cheapest_sufficient_mode(
     page_size: tuple[int, int], tokens: int, engine: BudgetSource, max_ratio: float
 ) -> str:
-    width, height = page_size
+    width, height = band_sizes(page_size)[0]  # what each engine call sees
     aspect = max(width, height) / max(1, min(width, height))
     candidates = MODE_ORDER[: MODE_ORDER.index(AUTO_CEILING) + 1]
-    budgets = {mode: engine.vision_budget(width, height, mode) for mode in candidates}
+    budgets = {mode: page_budget(engine, page_size, mode) for mode in candidates}
     # Cost is what the decoder attends over; for small pages Gundam costs no more than Base.
     by_cost = sorted(candidates, key=lambda mode: (budgets[mode].sequence, MODE_ORDER.index(mode)))
     for mode in by_cost:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from docconv.bands import merge_band_blocks, merge_band_pages, merge_band_texts, split_into_bands
+from docconv.bands import band_sizes, merge_band_blocks, merge_band_pages, merge_band_texts, split_into_bands
 from docconv.document import Block
 from docconv.postprocess import parse_page
 
@@ -28,6 +28,7 @@ def test_ordinary_pages_stay_whole() -> None:
     bands = split_into_bands(page)
     assert len(bands) == 1
     assert (bands[0].offset, bands[0].size, bands[0].image) == (0, page.size, page)
+    assert band_sizes(page.size) == [page.size]
 
 
 @pytest.mark.parametrize("size", [(600, 6000), (6000, 600), (500, 2001 * 2 + 1), (800, 20000)])
@@ -158,6 +159,7 @@ def test_any_long_page_is_covered_by_bands_of_at_most_1_to_2(
     bands = split_into_bands(page, max_aspect=4.0, overlap=overlap)
     assert bands[0].offset == 0 and bands[-1].offset + bands[-1].length == long
     assert all(b.length <= 2 * short + 1 for b in bands)
+    assert band_sizes(page.size, max_aspect=4.0, overlap=overlap) == [b.size for b in bands]
     assert all(
         a.offset + a.length >= b.offset + math.floor(overlap * a.length) - 1
         for a, b in zip(bands, bands[1:], strict=False)

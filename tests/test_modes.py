@@ -108,6 +108,14 @@ def test_auto_for_a_small_image_prefers_base_over_an_equally_costly_gundam() -> 
     assert resolve_mode("auto", (600, 400), 1000, ENGINE).mode == "base"
 
 
+def test_a_receipt_is_judged_by_the_bands_the_engine_reads() -> None:
+    # 1:10 is cut into six 600x1091 bands; each band in base has int(256 * 600 / 1091) valid tokens.
+    choice = resolve_mode("auto", (600, 6000), 800, ENGINE)
+    assert choice.mode == "base"
+    assert choice.vision_tokens == 6 * 140
+    assert resolve_mode("large", (600, 6000), 800, ENGINE).vision_tokens == 6 * int(400 * 600 / 1091)
+
+
 def test_auto_without_text_layer_measures_the_image() -> None:
     page = _text_page(LETTER_144DPI, lines=40)
     choice = resolve_mode("auto", page.size, None, ENGINE, image=page)
