@@ -66,6 +66,6 @@ def make_tiff(path: Path, frames: int = 3, size: tuple[int, int] = (120, 160)) -
     return path
 
 
-def engine_args(model_dir: Path, max_tokens: int = 4) -> list[str]:
+def engine_args(model_dir: Path, max_tokens: int = 2) -> list[str]:
     """CLI flags that run the real engine on a tiny fixture checkpoint, fast (it rarely emits EOS)."""
     return ["--model", str(model_dir), "--device", "cpu", "--max-tokens", str(max_tokens)]

@@ -93,7 +93,7 @@ def test_every_mode_reads_the_page_in_that_mode(tmp_path: Path, tiny: list[str],
     # Both sides <= 640: the tiled modes read a single global view, which keeps this test fast.
     image = make_image(tmp_path / "p.png", size=(500, 600))
     out = tmp_path / "p.json"
-    result = invoke(image, "-o", out, "--mode", mode, *engine_args(Path(tiny[1]), max_tokens=2))
+    result = invoke(image, "-o", out, "--mode", mode, *tiny)
     assert result.exit_code == 0, result.stderr
     (page,) = pages_of(out)
     # The tiny checkpoint never stops by itself, so every page is retried one mode up and kept as degraded.
