@@ -82,6 +82,7 @@ class ConvertOptions:
         return self.render.format
 
     def full_prompt(self) -> str:
+        """The prompt sent with every page: --prompt verbatim (with the image slot), else the task's."""
         if self.prompt is not None:
             return self.prompt if "<image>" in self.prompt else "<image>\n" + self.prompt
         return HANDWRITING_PROMPT if self.handwriting else TASK_PROMPTS[self.task]
@@ -91,6 +92,8 @@ class ConvertOptions:
         return {
             "model": self.engine.model,
             "quant": self.engine.quant,
+            "dtype": self.engine.dtype,
+            "max_tiles": self.engine.max_tiles,
             "mode": self.mode,
             "max_ratio": self.max_ratio,
             "dpi": self.dpi,
