@@ -277,6 +277,14 @@ def convert(
             "--attn", help="auto, sdpa or flash.  [default: auto]", rich_help_panel=ENGINE, show_default=False
         ),
     ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Never download weights: use cached ones or fail with exit code 3.",
+            rich_help_panel=ENGINE,
+        ),
+    ] = False,
     dtype: Annotated[
         str | None,
         typer.Option(
@@ -392,6 +400,7 @@ def convert(
             quant=settings.quant,
             attn=settings.attn,
             dtype=settings.dtype,
+            offline=offline,
             max_tiles=settings.max_tiles,
         ),
         render=render,

@@ -307,3 +307,14 @@ def test_output_suffix_picks_the_format_and_a_mismatch_is_a_usage_error(
     mismatch = invoke(pdf, "-o", tmp_path / "scan.md", "--format", "json", *tiny)
     assert mismatch.exit_code == 2
     assert "must end in .json" in mismatch.stderr
+
+
+def test_offline_without_cached_weights_exits_3_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCCONV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    result = invoke(make_pdf(tmp_path / "a.pdf", 1), "--offline", "--model", "some-org/not-cached", "-q")
+    assert result.exit_code == 3
+    assert "docconv models download some-org/not-cached" in result.stderr
