@@ -106,12 +106,14 @@ def resolve_inputs(
     owners: dict[PurePosixPath, str] = {}
     for given in paths:
         for item in _expand(given, glob, stdin):
-            if (
-                isinstance(item, InputDocument)
-                and owners.setdefault(item.relative, item.source) != item.source
-            ):
-                item = InputFailure(item.source, _collision_message(owners[item.relative]))
-            (documents if isinstance(item, InputDocument) else failures).append(item)
+            if isinstance(item, InputFailure):
+                failures.append(item)
+            elif item.relative not in owners:
+                owners[item.relative] = item.source
+                documents.append(item)
+            elif owners[item.relative] != item.source:
+                failures.append(InputFailure(item.source, _collision_message(owners[item.relative])))
+            # else: the same input named twice is converted once
     return ResolvedInputs(documents, failures)
 
 

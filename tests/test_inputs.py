@@ -107,3 +107,9 @@ def test_read_list_newlines_and_nul() -> None:
 
 def test_tiff_is_typed(tmp_path: Path) -> None:
     assert resolve_inputs([str(make_tiff(tmp_path / "t.tiff"))]).documents[0].kind == "tiff"
+
+
+def test_the_same_input_named_twice_is_converted_once(tmp_path: Path) -> None:
+    pdf = str(make_pdf(tmp_path / "a.pdf", pages=1))
+    resolved = resolve_inputs([pdf, pdf])
+    assert len(resolved.documents) == 1 and resolved.failures == []
