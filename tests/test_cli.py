@@ -65,7 +65,7 @@ def test_directory_is_mirrored_into_the_output_tree(tmp_path: Path, tiny: list[s
     make_pdf(tmp_path / "in" / "a.pdf", pages=1)
     make_image(tmp_path / "in" / "sub" / "b.jpg", image_format="JPEG")
     make_tiff(tmp_path / "in" / "sub" / "deeper" / "c.tif", frames=2)
-    result = invoke(tmp_path / "in", "-o", tmp_path / "out", "--mode", "tiny", *tiny)
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", "--mode", "tiny", "--batch-size", "4", *tiny)
     assert result.exit_code == 0, result.stderr
     written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.md"))
     assert written == ["a.md", "sub/b.md", "sub/deeper/c.md"]
