@@ -318,3 +318,16 @@ def test_offline_without_cached_weights_exits_3_with_the_fix(
     result = invoke(make_pdf(tmp_path / "a.pdf", 1), "--offline", "--model", "some-org/not-cached", "-q")
     assert result.exit_code == 3
     assert "docconv models download some-org/not-cached" in result.stderr
+
+
+def test_keep_raw_then_rerender_reproduces_the_markdown_without_the_model(
+    tmp_path: Path, tiny: list[str]
+) -> None:
+    pdf = make_pdf(tmp_path / "doc.pdf", pages=2)
+    converted = invoke(pdf, "-o", tmp_path / "doc.md", "--keep-raw", "--mode", "tiny", *tiny)
+    assert converted.exit_code == 0, converted.stderr
+    raw = tmp_path / "doc.raw.json"
+    assert raw.is_file()
+    rerendered = invoke("rerender", raw, "-o", tmp_path / "again.md")
+    assert rerendered.exit_code == 0, rerendered.stderr
+    assert (tmp_path / "again.md").read_text() == (tmp_path / "doc.md").read_text()
