@@ -286,4 +286,34 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
     )
     if quantization is None:
         model.to(plan.device)
+    if plan.device == "cpu":
+        read_mapped_weights_into_memory(model, weight_files(directory))
     return model.eval()
+
+
+def read_mapped_weights_into_memory(model: nn.Module, files: list[Path]) -> None:
+    """Give every weight still backed by the memory-mapped checkpoint private memory.
+
+    from_pretrained leaves CPU weights mapped from the safetensors file. Pages of a mapped file
+    are reclaimable cache: under memory pressure (or a host's proactive reclaim) rarely used
+    experts are dropped and read back from disk in the middle of decoding, at disk speed.
+    Reading each tensor's bytes with plain file reads (not through the mapping) keeps the peak
+    at one copy of the model. Tensors from_pretrained already copied (dtype conversion,
+    quantization) are left alone.
+    """
+    parameters = dict(model.named_parameters())
+    for file in files:
+        with open(file, "rb") as raw:
+            header_length = int.from_bytes(raw.read(8), "little")
+            header = json.loads(raw.read(header_length))
+            for name, entry in header.items():
+                param = parameters.get(name)
+                if type(param) is not nn.Parameter or param.dtype != _SAFETENSORS_DTYPES.get(entry["dtype"]):
+                    continue
+                private = torch.empty(param.shape, dtype=param.dtype)
+                raw.seek(8 + header_length + entry["data_offsets"][0])
+                raw.readinto(memoryview(private.view(-1).view(torch.uint8).numpy()))
+                param.data = private
+
+
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
