@@ -20,6 +20,21 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .configuration import DeepseekOcrConfig
 
 
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``; a single row on CPU goes through ``torch.mv``.
+
+    Decoding one page feeds one token at a time, and PyTorch's CPU GEMM path for a (1, K)
+    bfloat16 input streams the weight at about half the bandwidth of its GEMV kernel. Quantized
+    layers (bitsandbytes subclasses) keep their own forward.
+    """
+    if type(layer) is nn.Linear and x.device.type == "cpu" and x.numel() == layer.in_features:
+        out = torch.mv(layer.weight, x.reshape(-1))
+        if layer.bias is not None:
+            out = out + layer.bias
+        return out.view(*x.shape[:-1], -1)
+    return layer(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
@@ -79,9 +94,9 @@ class DecoderAttention(nn.Module):
     ) -> torch.Tensor:
         b, n, _ = hidden_states.shape
         shape = (b, n, -1, self.head_dim)
-        q = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        k = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        q = linear(self.q_proj, hidden_states).view(shape).transpose(1, 2)
+        k = linear(self.k_proj, hidden_states).view(shape).transpose(1, 2)
+        v = linear(self.v_proj, hidden_states).view(shape).transpose(1, 2)
         cos, sin = rotary
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past_key_values is not None:
@@ -90,7 +105,7 @@ class DecoderAttention(nn.Module):
             self.config._attn_implementation, sdpa_attention_forward
         )
         out, _ = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling)
-        return self.o_proj(out.reshape(b, n, -1))
+        return linear(self.o_proj, out.reshape(b, n, -1))
 
 
 class SwiGluMlp(nn.Module):
@@ -101,7 +116,7 @@ class SwiGluMlp(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
 
 
 class MoeRouter(nn.Module):

@@ -16,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .clip import ClipVisionModel
 from .configuration import DeepseekOcrConfig
-from .decoder import DecoderLayer, MoeRouter, RMSNorm, rotary_cos_sin
+from .decoder import DecoderLayer, MoeRouter, RMSNorm, linear, rotary_cos_sin
 from .sam import LayerNorm2d, SamAttention, SamEncoder
 
 #: Vision inputs are consumed by the prefill only; decode steps must not re-encode the page.
@@ -274,7 +274,7 @@ class DeepseekOcrForConditionalGeneration(DeepseekOcrPreTrainedModel, Generation
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden).float()
+        logits = linear(self.lm_head, hidden).float()
         return CausalLMOutputWithPast(
             logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
         )
