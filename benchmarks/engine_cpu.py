@@ -9,7 +9,8 @@ measures each setting in a fresh process through the real loading path:
 * prefill: decoder seconds over the base-mode prompt (290 tokens);
 * decode: tokens/s after the first token, batch 1 and batch 4 (aggregate), with the default
   repetition guard (n-gram 30, window 90), KV cache, greedy;
-* peak RSS: sampled every 20 ms while pages are read (model resident), and the process maximum.
+* peak RSS: sampled every 20 ms while pages are read (model resident, after one untimed warm-up
+  page), and the process maximum (loading included).
 
 Usage (2 threads, as the reference figures in shared/benchmarks/reference-cpu.md):
 
