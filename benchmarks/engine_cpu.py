@@ -10,7 +10,9 @@ measures each setting in a fresh process through the real loading path:
 * decode: tokens/s after the first token, batch 1 and batch 4 (aggregate), with the default
   repetition guard (n-gram 30, window 90), KV cache, greedy;
 * peak RSS: sampled every 20 ms while pages are read (model resident, after one untimed warm-up
-  page), and the process maximum (loading included).
+  page): during the base-mode batch-1 runs (the reference's setting), over all runs (gundam and
+  batch 4 included), and the process maximum (loading included);
+* memory bandwidth: one streaming read of 1 GiB, the ceiling for batch-1 decoding.
 
 Usage (2 threads, as the reference figures in shared/benchmarks/reference-cpu.md):
 
@@ -152,17 +154,20 @@ def measure(checkpoint: Path, quant: str, reps: int, new_tokens: int) -> dict:
         k: [] for k in ("vision_base", "vision_gundam", "prefill", "decode1", "decode4")
     }
     with torch.inference_mode(), RssSampler() as rss:
-        for _ in range(reps):
+        for _ in range(reps):  # one base-mode page at batch 1, the reference's setting
             results["vision_base"].append(timed(lambda: model.model.embed_inputs(**without_mask(base))))
-            results["vision_gundam"].append(timed(lambda: model.model.embed_inputs(**without_mask(gundam))))
             embeds = model.model.embed_inputs(**without_mask(base))
             results["prefill"].append(timed(lambda e=embeds: model(inputs_embeds=e, logits_to_keep=1)))
             results["decode1"].append(decode_rate(base))
+        peak_base = rss.peak
+        for _ in range(reps):
+            results["vision_gundam"].append(timed(lambda: model.model.embed_inputs(**without_mask(gundam))))
             results["decode4"].append(decode_rate(batch4))
     summary = {key: statistics.median(values) for key, values in results.items()}
     summary.update(
         quant=quant,
         load_seconds=load_seconds,
+        peak_rss_base_gib=peak_base / 2**30,
         peak_rss_gib=rss.peak / 2**30,
         max_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         raw=results,
@@ -185,16 +190,27 @@ def timed(work) -> float:
     return time.perf_counter() - started
 
 
-def report(rows: list[dict]) -> str:
+def memory_bandwidth_gbs() -> float:
+    """GB/s of one streaming read of 1 GiB with the configured threads (median of 3)."""
+    import torch
+
+    data = torch.ones(2**28, dtype=torch.float32)
+    return 2**30 / 1e9 / statistics.median(timed(data.sum) for _ in range(3))
+
+
+def report(rows: list[dict], bandwidth: float) -> str:
     lines = [
-        "| setting | vision base (s) | vision gundam (s) | prefill 290 tok (s) | decode b1 (tok/s) | decode b4 (tok/s, aggregate) | b4/b1 | peak RSS reading (GiB) | process max RSS (GiB) | load (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"Streaming read bandwidth: {bandwidth:.1f} GB/s.",
+        "",
+        "| setting | vision base (s) | vision gundam (s) | prefill 290 tok (s) | decode b1 (tok/s) | decode b4 (tok/s, aggregate) | b4/b1 | peak RSS base b1 (GiB) | peak RSS all (GiB) | process max RSS (GiB) | load (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = {"none": "bfloat16", "8bit": "int8 (bnb)", "4bit": "nf4 (bnb, double quant)"}[r["quant"]]
         lines.append(
             f"| {name} | {r['vision_base']:.2f} | {r['vision_gundam']:.2f} | {r['prefill']:.2f} | {r['decode1']:.1f} | "
-            f"{r['decode4']:.1f} | {r['decode4'] / r['decode1']:.2f} | {r['peak_rss_gib']:.2f} | {r['max_rss_gib']:.2f} | "
+            f"{r['decode4']:.1f} | {r['decode4'] / r['decode1']:.2f} | {r['peak_rss_base_gib']:.2f} | "
+            f"{r['peak_rss_gib']:.2f} | {r['max_rss_gib']:.2f} | "
             f"{r['load_seconds']:.0f} |"
         )
     return "\n".join(lines)
@@ -222,6 +238,7 @@ def main() -> None:
         print(json.dumps(measure(checkpoint, args.worker, args.reps, args.new_tokens)))
         return
     build_random_checkpoint(checkpoint)
+    bandwidth = memory_bandwidth_gbs()
     rows = []
     for quant in args.quant:
         command = [sys.executable, __file__, "--worker", quant, "--workdir", str(args.workdir)]
@@ -236,7 +253,7 @@ def main() -> None:
         done = subprocess.run(command, check=True, capture_output=True, text=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    print(report(rows))
+    print(report(rows, bandwidth))
 
 
 if __name__ == "__main__":
