@@ -7,6 +7,7 @@ needs no subcommand. Exit codes: 0 all converted; 1 some inputs failed; 2 usage 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from enum import Enum
@@ -560,6 +561,9 @@ def rerender(
 
 def main() -> None:
     """Entry point of the ``docconv`` script."""
+    # bitsandbytes warns on import that an optional hub-fetched CPU kernel is missing; docconv
+    # reports what matters itself (docconv doctor), one line per problem.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         app()
     except KeyboardInterrupt:
