@@ -34,6 +34,7 @@ KEEP_UNQUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", 
 #: nf4 with double quantization: 4 bits + an 8-bit absmax per 64 + second-level constants).
 _QUANT_BYTES = {"8bit": 1.0 + 4 / 1280, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
 
+#: Input features per block of bitsandbytes' CPU 4-bit kernels.
 _NF4_BLOCK = 64
 
 #: Activations, KV cache and allocator slack on top of the weights.
