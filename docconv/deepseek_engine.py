@@ -18,7 +18,7 @@ from deepseek_ocr import (
     load_model,
     plan_runtime,
 )
-from deepseek_ocr.loading import load_config
+from deepseek_ocr.loading import load_config, return_freed_memory
 
 from .engine import (
     ENGINE_FACTORIES,
@@ -83,6 +83,7 @@ class DeepseekOcrEngine:
                 indices, self._generate_batch([jobs[i] for i in indices], indices, on_token), strict=True
             ):
                 outputs[index] = output
+        return_freed_memory()  # a page's activations would otherwise stay resident in the heap
         return [output for output in outputs if output is not None]
 
     def _generate_batch(

