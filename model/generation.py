@@ -36,11 +36,12 @@ class SlidingWindowNoRepeatNGram(LogitsProcessor):
         self.exempt_ids = sorted(set(exempt_ids))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_length :]
         n = self.ngram_size
-        if generated.shape[1] < n:
+        if input_ids.shape[1] - self.prompt_length < n:
             return scores
-        for row, tokens in enumerate(generated.tolist()):
+        # Only the last `window` generated tokens can ban anything: don't copy the whole page per step.
+        recent = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window_size) :]
+        for row, tokens in enumerate(recent.tolist()):
             banned = self._banned_tokens(tokens)
             banned.difference_update(self.exempt_ids)
             if banned:
@@ -48,12 +49,12 @@ class SlidingWindowNoRepeatNGram(LogitsProcessor):
         return scores
 
     def _banned_tokens(self, tokens: list[int]) -> set[int]:
+        """Tokens that followed the current (n-1)-gram within ``tokens`` (the window)."""
         n = self.ngram_size
         prefix = tokens[len(tokens) - (n - 1) :] if n > 1 else []
-        first = max(0, len(tokens) - self.window_size)
         return {
             tokens[start + n - 1]
-            for start in range(first, len(tokens) - n + 1)
+            for start in range(len(tokens) - n + 1)
             if tokens[start : start + n - 1] == prefix
         }
 
