@@ -267,7 +267,7 @@ def convert(
         str | None,
         typer.Option(
             "--quant",
-            help="auto, none, 8bit or 4bit.  [default: auto]",
+            help="auto, none, 8bit, 4bit (bitsandbytes) or int4 (CPU).  [default: auto]",
             rich_help_panel=ENGINE,
             show_default=False,
         ),

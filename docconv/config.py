@@ -114,7 +114,7 @@ def _non_empty(value: Any) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model": _non_empty,
     "device": _device,
-    "quant": _one_of("auto", "none", "8bit", "4bit"),
+    "quant": _one_of("auto", "none", "8bit", "4bit", "int4"),
     "attn": _one_of("auto", "sdpa", "flash"),
     "dtype": _one_of("auto", "bfloat16", "float16", "float32"),
     "mode": _one_of("auto", *MODES),

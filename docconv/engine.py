@@ -30,7 +30,7 @@ class EngineOptions:
 
     model: str
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    quant: str = "auto"  # auto | none | 8bit | 4bit
+    quant: str = "auto"  # auto | none | 8bit | 4bit | int4
     attn: str = "auto"  # auto | sdpa | flash
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     offline: bool = False
@@ -83,7 +83,7 @@ class Engine(Protocol):
     name: str
     device: str  # the device actually used, e.g. "cpu", "cuda:0"
     dtype: str  # e.g. "bfloat16"
-    quant: str  # "none" | "8bit" | "4bit"
+    quant: str  # "none" | "8bit" | "4bit" | "int4"
 
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:
         """Vision tokens a page of this size costs in ``mode`` (no model run)."""

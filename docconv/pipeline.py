@@ -112,7 +112,9 @@ _ENGINES: dict[EngineOptions, Engine] = {}
 def load_engine(options: EngineOptions) -> Engine:
     """The engine for ``options``, built once per process (raises EngineError if it cannot start)."""
     if options not in _ENGINES:
-        _ENGINES[options] = create_engine(options)
+        engine = create_engine(options)
+        log.info("engine %s on %s, %s, quant %s", engine.name, engine.device, engine.dtype, engine.quant)
+        _ENGINES[options] = engine
     return _ENGINES[options]
 
 

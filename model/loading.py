@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
 import psutil
 import torch
 from safetensors import SafetensorError, safe_open
@@ -22,6 +23,7 @@ from torch import nn
 
 from .configuration import DeepseekOcrConfig
 from .modeling import DeepseekOcrForConditionalGeneration
+from .quantization import int4_group_size, quantize_linears_int4
 
 MODEL_TYPES = ("deepseek_vl_v2", "deepseek_ocr")
 
@@ -30,9 +32,14 @@ MODEL_TYPES = ("deepseek_vl_v2", "deepseek_ocr")
 #: decides every token. The router is a bare parameter (not nn.Linear), so it is never touched.
 KEEP_UNQUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", "lm_head"]
 
+#: int4 also quantizes lm_head: its 129,280 x 1,280 bfloat16 weight alone is a quarter of the bytes
+#: read per decoded token, and with groups of 64 it keeps greedy tokens (docs/benchmarks.md).
+KEEP_UNQUANTIZED_INT4 = KEEP_UNQUANTIZED[:-1]
+
 #: Bytes per quantized parameter, scales included (int8: one fp32 scale per row of 1280;
-#: nf4 with double quantization: 4 bits + an 8-bit absmax per 64 + second-level constants).
-_QUANT_BYTES = {"8bit": 1.0 + 4 / 1280, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
+#: nf4 with double quantization: 4 bits + an 8-bit absmax per 64 + second-level constants;
+#: int4: 4 bits + a bfloat16 scale and zero per 64).
+_QUANT_BYTES = {"8bit": 1.0 + 4 / 1280, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256), "int4": 0.5 + 4 / 64}
 
 #: Input features per block of bitsandbytes' CPU 4-bit kernels.
 _NF4_BLOCK = 64
@@ -51,7 +58,7 @@ class RuntimePlan:
 
     device: str
     dtype: torch.dtype
-    quant: str  # none | 8bit | 4bit
+    quant: str  # none | 8bit | 4bit (bitsandbytes) | int4 (PyTorch's CPU kernel)
     attn: str  # sdpa | flash_attention_2
     reason: str = ""
 
@@ -132,17 +139,20 @@ def estimate_weight_bytes(config: DeepseekOcrConfig, dtype: torch.dtype, quant: 
 
 
 def quantizable_linears(model: nn.Module, quant: str) -> dict[str, nn.Linear]:
-    """The nn.Linear layers bitsandbytes replaces: the decoder's, minus lm_head.
+    """The nn.Linear layers the quantizer replaces: the decoder's (and, for int4, lm_head).
 
-    bitsandbytes' CPU 4-bit kernels work on blocks of 64 input features; a layer whose input
-    width is not a multiple of that (only in tiny test configs) stays unquantized.
+    bitsandbytes' CPU 4-bit kernels work on blocks of 64 input features and PyTorch's int4
+    kernel on groups of 32 or 64 and blocks of 16 output rows; a layer whose shape does not fit
+    (only in tiny test configs) stays unquantized.
     """
+    keep = KEEP_UNQUANTIZED_INT4 if quant == "int4" else KEEP_UNQUANTIZED
     return {
         name: module
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
-        and not any(name.startswith(keep) for keep in KEEP_UNQUANTIZED)
+        and not any(name.startswith(prefix) for prefix in keep)
         and not (quant == "4bit" and module.in_features % _NF4_BLOCK)
+        and not (quant == "int4" and int4_group_size(module) is None)
     }
 
 
@@ -153,18 +163,23 @@ def plan_runtime(
     attn: str = "auto",
     config: DeepseekOcrConfig | None = None,
 ) -> RuntimePlan:
-    """Resolve every ``auto``. Quant ``auto`` = 4-bit on a GPU whose free memory is short of the weights."""
+    """Resolve every ``auto``. Quant ``auto`` = full precision when the weights fit in free memory,
+    else 4-bit: bitsandbytes nf4 on a GPU, PyTorch's int4 kernel on the CPU."""
     chosen_device = pick_device(device)
     chosen_dtype = pick_dtype(chosen_device, dtype)
     chosen_quant, reason = quant, "requested"
+    if quant == "int4" and chosen_device != "cpu":
+        raise CheckpointError(
+            f"--quant int4 runs on the CPU only; on {chosen_device} use --quant 4bit (bitsandbytes nf4)"
+        )
     if quant == "auto":
         chosen_quant, reason = "none", "full precision fits"
-        if config is not None and chosen_device.startswith("cuda"):
+        if config is not None and chosen_device != "mps":  # MPS shares memory it cannot report
             need = estimate_weight_bytes(config, chosen_dtype) * _RUNTIME_HEADROOM
             if need > available_memory(chosen_device):
                 chosen_quant, reason = (
-                    "4bit",
-                    f"{need / 1e9:.1f} GB needed in {chosen_dtype} exceeds free GPU memory",
+                    "int4" if chosen_device == "cpu" else "4bit",
+                    f"{need / 1e9:.1f} GB needed in {chosen_dtype} exceeds free memory on {chosen_device}",
                 )
     return RuntimePlan(chosen_device, chosen_dtype, chosen_quant, pick_attention(chosen_device, attn), reason)
 
@@ -237,7 +252,8 @@ def check_memory(config: DeepseekOcrConfig, plan: RuntimePlan) -> None:
     need = int(estimate_weight_bytes(config, plan.dtype, plan.quant) * _RUNTIME_HEADROOM)
     free = available_memory(plan.device)
     if need > free:
-        suggestion = "try --quant 4bit" if plan.quant != "4bit" else "free memory or use a machine with more"
+        smallest = "int4" if plan.device == "cpu" else "4bit"
+        suggestion = f"try --quant {smallest}" if plan.quant not in ("4bit", "int4") else "free memory or use a machine with more"
         raise CheckpointError(
             f"not enough memory on {plan.device}: the model needs about {need / 1e9:.1f} GB "
             f"({plan.dtype_name}, quant {plan.quant}) but {free / 1e9:.1f} GB is free; {suggestion}"
@@ -245,7 +261,7 @@ def check_memory(config: DeepseekOcrConfig, plan: RuntimePlan) -> None:
 
 
 def quantization_config(plan: RuntimePlan, config: DeepseekOcrConfig):
-    if plan.quant == "none":
+    if plan.quant in ("none", "int4"):
         return None
     from transformers import BitsAndBytesConfig
 
@@ -290,7 +306,10 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
     if quantization is None:
         model.to(plan.device)
     if plan.device == "cpu":
-        read_mapped_weights_into_memory(model, weight_files(directory))
+        tensors = CheckpointTensors(weight_files(directory))
+        if plan.quant == "int4":
+            quantize_linears_int4(model, list(quantizable_linears(model, "int4")), tensors.read)
+        read_mapped_weights_into_memory(model, tensors)
         return_freed_memory()
     return model.eval()
 
@@ -305,29 +324,59 @@ def return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def read_mapped_weights_into_memory(model: nn.Module, files: list[Path]) -> None:
-    """Give every weight still backed by the memory-mapped checkpoint private memory.
+class CheckpointTensors:
+    """Reads checkpoint tensors with plain file reads, never through a memory mapping.
 
-    from_pretrained leaves CPU weights mapped from the safetensors file. Pages of a mapped file
-    are reclaimable cache: under memory pressure (or a host's proactive reclaim) rarely used
-    experts are dropped and read back from disk in the middle of decoding, at disk speed.
-    Reading each tensor's bytes with plain file reads (not through the mapping) keeps the peak
-    at one copy of the model. Tensors from_pretrained already copied (dtype conversion,
-    quantization) are left alone.
+    safetensors and from_pretrained only read a tensor by mapping its file, and pages of a
+    mapped file are reclaimable cache: under memory pressure (or a host's proactive reclaim)
+    rarely used experts are dropped and read back from disk in the middle of decoding, at disk
+    speed. The safetensors header (8-byte length + JSON) is parsed here for that reason.
     """
-    parameters = dict(model.named_parameters())
-    for file in files:
+
+    def __init__(self, files: list[Path]):
+        self.entries: dict[str, tuple[Path, int, dict]] = {}
+        for file in files:
+            with open(file, "rb") as raw:
+                header_length = int.from_bytes(raw.read(8), "little")
+                for name, entry in json.loads(raw.read(header_length)).items():
+                    if name != "__metadata__":
+                        self.entries[name] = (file, 8 + header_length, entry)
+
+    def dtype(self, name: str) -> torch.dtype | None:
+        return _SAFETENSORS_DTYPES.get(self.entries[name][2]["dtype"]) if name in self.entries else None
+
+    def read(self, name: str) -> torch.Tensor:
+        file, data_start, entry = self.entries[name]
+        tensor = torch.empty(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
         with open(file, "rb") as raw:
-            header_length = int.from_bytes(raw.read(8), "little")
-            header = json.loads(raw.read(header_length))
-            for name, entry in header.items():
-                param = parameters.get(name)
-                if type(param) is not nn.Parameter or param.dtype != _SAFETENSORS_DTYPES.get(entry["dtype"]):
-                    continue
-                private = torch.empty(param.shape, dtype=param.dtype)
-                raw.seek(8 + header_length + entry["data_offsets"][0])
-                raw.readinto(memoryview(private.view(-1).view(torch.uint8).numpy()))
-                param.data = private
+            raw.seek(data_start + entry["data_offsets"][0])
+            raw.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+        return tensor
+
+    def map(self, name: str) -> torch.Tensor:
+        """The tensor as its own copy-on-write mapping of the file: pages become resident when read."""
+        file, data_start, entry = self.entries[name]
+        begin, end = entry["data_offsets"]
+        raw = numpy.memmap(file, dtype=numpy.uint8, mode="c", offset=data_start + begin, shape=(end - begin,))
+        return torch.from_numpy(raw).view(_SAFETENSORS_DTYPES[entry["dtype"]]).view(entry["shape"])
+
+
+#: Kept memory-mapped: decoding looks up one row per token, so only the rows a page uses become
+#: resident (a few MB instead of 331 MB), and a reclaimed row costs one 4 KB read.
+KEPT_MAPPED = ("model.embed_tokens.weight",)
+
+
+def read_mapped_weights_into_memory(model: nn.Module, tensors: CheckpointTensors) -> None:
+    """Give every weight still backed by from_pretrained's mapping of the checkpoint private
+    memory (see :class:`CheckpointTensors`); the token embedding gets a mapping of its own.
+
+    Once nothing refers to from_pretrained's mapping it is unmapped, with the pages loading
+    touched. Tensors from_pretrained already copied (dtype conversion, quantization) are left alone.
+    """
+    for name, param in model.named_parameters():
+        if type(param) is not nn.Parameter or param.dtype != tensors.dtype(name):
+            continue
+        param.data = tensors.map(name) if name in KEPT_MAPPED else tensors.read(name)
 
 
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}

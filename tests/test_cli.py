@@ -207,6 +207,15 @@ def test_corpus_tricky_images_convert(corpus_root: Path, tmp_path: Path, tiny: l
     assert len(pages_of(tmp_path / "out" / "pillow_multipage.json")) == 3
 
 
+def test_int4_quantized_engine_converts_and_says_so(tmp_path: Path, tiny: list[str]) -> None:
+    image = make_image(tmp_path / "note.png")
+    out = tmp_path / "note.md"
+    result = invoke(image, "-o", out, "--mode", "tiny", "--quant", "int4", "-v", *tiny)
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text().strip()
+    assert "on cpu, bfloat16, quant int4" in result.stderr
+
+
 def test_engine_that_cannot_start_exits_3(tmp_path: Path) -> None:
     result = invoke(make_pdf(tmp_path / "a.pdf", 1), "--model", tmp_path / "no-such-model", "--device", "cpu")
     assert result.exit_code == 3

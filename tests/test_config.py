@@ -100,7 +100,7 @@ def test_bad_file_entries_name_the_file_and_key(config_dir: Path, toml: str, mes
     [
         ("DOCCONV_BATCH_SIZE", "many", "DOCCONV_BATCH_SIZE: expected a whole number, got 'many'"),
         ("DOCCONV_BATCH_SIZE", "0", "DOCCONV_BATCH_SIZE: expected at least 1"),
-        ("DOCCONV_QUANT", "2bit", "DOCCONV_QUANT: expected one of auto, none, 8bit, 4bit"),
+        ("DOCCONV_QUANT", "2bit", "DOCCONV_QUANT: expected one of auto, none, 8bit, 4bit, int4"),
         ("DOCCONV_KEEP_HEADERS", "maybe", "DOCCONV_KEEP_HEADERS: expected true or false"),
     ],
 )

@@ -83,7 +83,23 @@ def test_missing_tensor_is_reported(checkpoint: Path):
 def test_refuses_to_load_without_enough_memory(checkpoint: Path, monkeypatch):
     monkeypatch.setattr(loading, "available_memory", lambda device: 1_000_000)
     message = load_error(checkpoint)
-    assert "not enough memory" in message and "GB is free" in message and "--quant 4bit" in message
+    assert "not enough memory" in message and "GB is free" in message and "--quant int4" in message
+
+
+def test_auto_quantizes_to_4bit_when_full_precision_does_not_fit(monkeypatch):
+    config = DeepseekOcrConfig.from_pretrained(REFERENCE)
+    monkeypatch.setattr(loading, "available_memory", lambda device: 5_000_000_000)
+    plan = plan_runtime(device="cpu", dtype="bfloat16", config=config)
+    assert plan.quant == "int4" and "exceeds free memory on cpu" in plan.reason
+    monkeypatch.setattr(loading, "available_memory", lambda device: 20_000_000_000)
+    assert plan_runtime(device="cpu", dtype="bfloat16", config=config).quant == "none"
+
+
+def test_int4_is_refused_off_the_cpu(monkeypatch):
+    monkeypatch.setattr(loading, "pick_device", lambda requested: "cuda")
+    monkeypatch.setattr(loading, "pick_dtype", lambda device, requested: torch.bfloat16)
+    with pytest.raises(CheckpointError, match="--quant int4 runs on the CPU only; on cuda use --quant 4bit"):
+        plan_runtime(device="cuda", quant="int4")
 
 
 def test_memory_estimates_for_the_real_model():
@@ -92,6 +108,7 @@ def test_memory_estimates_for_the_real_model():
     assert bf16 == 6_672_212_480  # the checkpoint's own total_size
     assert 3.9e9 < estimate_weight_bytes(config, torch.bfloat16, "8bit") < 4.3e9
     assert 2.6e9 < estimate_weight_bytes(config, torch.bfloat16, "4bit") < 3.0e9
+    assert 2.5e9 < estimate_weight_bytes(config, torch.bfloat16, "int4") < 2.8e9  # lm_head quantized too
 
 
 def test_runtime_plan_on_this_machine():
