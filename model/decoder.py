@@ -164,6 +164,8 @@ class MoeMlp(nn.Module):
 
     def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Weighted sum of the chosen experts per token, in float32 as the reference ``moe_infer``."""
+        if x.shape[0] == 1:
+            return self._run_experts_one_token(x, weights[0].tolist(), ids[0].tolist())
         top_k = ids.shape[1]
         flat_ids = ids.flatten()
         order = flat_ids.argsort()
@@ -177,6 +179,15 @@ class MoeMlp(nn.Module):
         per_choice = torch.empty((flat_ids.shape[0], x.shape[1]), dtype=outputs[0].dtype, device=x.device)
         per_choice[order] = torch.cat(outputs)
         return (per_choice.view(-1, top_k, x.shape[1]).float() * weights[..., None]).sum(dim=1)
+
+    def _run_experts_one_token(self, x: torch.Tensor, weights: list[float], ids: list[int]) -> torch.Tensor:
+        # Decoding one page is one token per step: the sort/scatter bookkeeping above would cost
+        # more than the six expert products it arranges.
+        total = None
+        for weight, expert_id in zip(weights, ids, strict=True):
+            out = self.experts[expert_id](x).float() * weight
+            total = out if total is None else total + out
+        return total
 
 
 class DecoderLayer(nn.Module):

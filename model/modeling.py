@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from .cache import GrowingCache
 from .clip import ClipVisionModel
 from .configuration import DeepseekOcrConfig
 from .decoder import DecoderLayer, MoeRouter, RMSNorm, linear, rotary_cos_sin
@@ -191,7 +192,7 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
                 input_ids, pixel_values, pixel_values_tiles, images_spatial_crop, images_seq_mask
             )
         if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+            past_key_values = GrowingCache()
         if position_ids is None:
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[
