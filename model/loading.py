@@ -308,10 +308,22 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
     if plan.device == "cpu":
         tensors = CheckpointTensors(weight_files(directory))
         if plan.quant == "int4":
-            quantize_linears_int4(model, list(quantizable_linears(model, "int4")), tensors.read)
+            quantize_from_checkpoint(model, tensors)
         read_mapped_weights_into_memory(model, tensors)
         return_freed_memory()
     return model.eval()
+
+
+def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors, modules_per_step: int = 64) -> None:
+    """int4-quantize the decoder linears and lm_head, reading each float weight from the file.
+
+    The float32 temporaries of thousands of small quantizations fragment the heap; returning
+    freed memory every few dozen modules keeps the load's peak near the final size.
+    """
+    names = list(quantizable_linears(model, "int4"))
+    for start in range(0, len(names), modules_per_step):
+        quantize_linears_int4(model, names[start : start + modules_per_step], tensors.read)
+        return_freed_memory()
 
 
 def return_freed_memory() -> None:

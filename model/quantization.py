@@ -28,6 +28,9 @@ GROUP_SIZES = (64, 32)
 #: The kernel packs output rows in blocks of 16.
 _ROW_BLOCK = 16
 
+#: Rows quantized at once (a multiple of the row block).
+_CHUNK_ROWS = 4096
+
 
 def int4_group_size(linear: nn.Linear) -> int | None:
     """The group size this layer quantizes with, or None when the kernel cannot take its shape."""
@@ -63,13 +66,23 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
     """(out, in) float weight -> (packed uint8 (out, in/2), scale_and_zero (in/group, out, 2) bfloat16).
 
     The kernel is vectorized for bfloat16 only (float16 and float32 run ~20x slower), so scales
-    and activations are bfloat16 whatever the model's dtype.
+    and activations are bfloat16 whatever the model's dtype. Rows are quantized in chunks (the
+    packing is row-wise) so that lm_head's float32 intermediates never exist whole.
     """
+    packed, scales = [], []
+    for rows in weight.split(_CHUNK_ROWS):
+        chunk_packed, chunk_scales = _quantize_rows(rows, group_size)
+        packed.append(chunk_packed)
+        scales.append(chunk_scales)
+    return torch.cat(packed), torch.cat(scales, dim=1)
+
+
+def _quantize_rows(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     out_features, in_features = weight.shape
-    groups = weight.float().reshape(out_features, in_features // group_size, group_size)
+    groups = weight.to(torch.float32, copy=True).reshape(out_features, in_features // group_size, group_size)
     low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
     scale = ((high - low) / 15).clamp(min=1e-6)
-    q = ((groups - low) / scale).round_().clamp_(0, 15).to(torch.int32).reshape(out_features, in_features)
+    q = groups.sub_(low).div_(scale).round_().clamp_(0, 15).to(torch.int32).reshape(out_features, in_features)
     zero = low + 8 * scale
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     scale_and_zero = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)

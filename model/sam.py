@@ -95,15 +95,14 @@ class SamAttention(nn.Module):
         rel_h_table = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, d)
         rel_w_table = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, d)
         rows_per_chunk = max(1, _MAX_BIAS_ELEMENTS // (b * self.num_heads * w * h * w))
-        out = torch.cat(
-            [
-                self._attend_rows(
-                    q, k, v, rel_h_table, rel_w_table, (h, w), start, min(h, start + rows_per_chunk)
-                )
-                for start in range(0, h, rows_per_chunk)
-            ],
-            dim=2,
-        )
+        # Written in place: chunk results kept alive for a final cat would sit between the
+        # chunks' freed bias buffers and grow the heap by one bias per chunk.
+        out = torch.empty_like(q)
+        for start in range(0, h, rows_per_chunk):
+            end = min(h, start + rows_per_chunk)
+            out[:, :, start * w : end * w] = self._attend_rows(
+                q, k, v, rel_h_table, rel_w_table, (h, w), start, end
+            )
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
 
