@@ -309,6 +309,8 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
         tensors = CheckpointTensors(weight_files(directory))
         if plan.quant == "int4":
             quantize_from_checkpoint(model, tensors)
+        if plan.quant == "4bit":
+            repack_bitsandbytes_for_cpu(model)
         read_mapped_weights_into_memory(model, tensors)
         return_freed_memory()
     return model.eval()
@@ -326,6 +328,23 @@ def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors, modul
         return_freed_memory()
 
 
+def repack_bitsandbytes_for_cpu(model: nn.Module, modules_per_step: int = 64) -> None:
+    """Have bitsandbytes repack its 4-bit weights for the CPU kernel now, layer by layer.
+
+    bitsandbytes does it lazily in each layer's first forward, through int32 temporaries; on
+    the first page that left ~0.9 GB of fragmented heap resident. One dummy row through each
+    layer at load time, handing freed memory back as it goes, does the same work up front.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    layers = [module for module in model.modules() if isinstance(module, Linear4bit)]
+    with torch.inference_mode():
+        for index, layer in enumerate(layers, start=1):
+            layer(torch.zeros(1, layer.in_features, dtype=layer.compute_dtype or torch.bfloat16))
+            if index % modules_per_step == 0:
+                return_freed_memory()
+
+
 def return_freed_memory() -> None:
     """Hand heap freed while loading (bf16 tensors quantized and dropped) back to the OS.
 
@@ -337,10 +356,10 @@ def return_freed_memory() -> None:
 
 
 class CheckpointTensors:
-    """Reads checkpoint tensors with plain file reads, never through a memory mapping.
+    """Reads checkpoint tensors into private memory with plain file reads, or maps one alone.
 
-    safetensors and from_pretrained only read a tensor by mapping its file, and pages of a
-    mapped file are reclaimable cache: under memory pressure (or a host's proactive reclaim)
+    safetensors and from_pretrained only read a tensor by mapping its whole file, and pages of
+    a mapped file are reclaimable cache: under memory pressure (or a host's proactive reclaim)
     rarely used experts are dropped and read back from disk in the middle of decoding, at disk
     speed. The safetensors header (8-byte length + JSON) is parsed here for that reason.
     """
