@@ -2,13 +2,14 @@
 
 ``docconv FILE...`` converts (the ``convert`` subcommand is implied), so the everyday call
 needs no subcommand. Exit codes: 0 all converted; 1 some inputs failed; 2 usage error;
-3 the engine could not start; 130 interrupted.
+3 the engine could not start; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -33,6 +34,15 @@ EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ENGINE = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells and service managers expect
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a service stop): stopped the way Ctrl-C stops."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated
 
 CONVERT = "convert"
 
@@ -487,11 +497,10 @@ def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: boo
     except EngineError as error:
         typer.echo(f"docconv: error: the engine could not start: {error}", err=True)
         return EXIT_ENGINE
-    except KeyboardInterrupt:
-        typer.echo(
-            "docconv: interrupted; finished pages are kept, run the same command again to resume", err=True
-        )
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:
+        how = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        typer.echo(f"docconv: {how}; finished pages are kept, run the same command again to resume", err=True)
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     summary.failures[:0] = [(f.source, f.message) for f in resolved.failures]
     reporter.summary(summary)
     return EXIT_SOME_FAILED if summary.failures else EXIT_OK
@@ -564,8 +573,12 @@ def main() -> None:
     # bitsandbytes warns on import that an optional hub-fetched CPU kernel is missing; docconv
     # reports what matters itself (docconv doctor), one line per problem.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app()
+    except Terminated:
+        sys.stderr.write("docconv: terminated\n")
+        raise SystemExit(EXIT_TERMINATED) from None
     except KeyboardInterrupt:
         sys.stderr.write("docconv: interrupted\n")
         raise SystemExit(EXIT_INTERRUPTED) from None

@@ -110,17 +110,20 @@ def test_killed_run_resumes_and_every_page_appears_exactly_once(tmp_path: Path, 
     assert not list(tmp_path.glob(f"*{TEMP_MARKER}*"))
 
 
-def test_ctrl_c_exits_130_keeps_finished_pages_and_leaves_no_partial_files(
-    tmp_path: Path, tiny_model_dir: Path
+@pytest.mark.parametrize(
+    ("sent", "exit_code", "said"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_ctrl_c_or_sigterm_keeps_finished_pages_and_leaves_no_partial_files(
+    tmp_path: Path, tiny_model_dir: Path, sent: signal.Signals, exit_code: int, said: str
 ) -> None:
-    pdf = make_pdf(tmp_path / "long.pdf", pages=40)  # long enough that SIGINT lands mid-document
+    pdf = make_pdf(tmp_path / "long.pdf", pages=40)  # long enough that the signal lands mid-document
     out = tmp_path / "long.md"
     process = start(pdf, "-o", out, "--mode", "tiny", *engine_args(tiny_model_dir))
     wait_for_journaled_pages(journal_path(out), 1, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert "interrupted" in stderr.decode().splitlines()[-1]
+    assert process.returncode == exit_code
+    assert said in stderr.decode().splitlines()[-1]
     assert "Traceback" not in stderr.decode()
     assert not out.exists()
     assert journal_path(out).exists()
