@@ -34,7 +34,7 @@ KEEP_UNQUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", 
 
 #: int4 also quantizes lm_head: its 129,280 x 1,280 bfloat16 weight alone is a quarter of the bytes
 #: read per decoded token, and with groups of 64 it keeps greedy tokens (docs/benchmarks.md).
-KEEP_UNQUANTIZED_INT4 = KEEP_UNQUANTIZED[:-1]
+KEEP_UNQUANTIZED_INT4 = [prefix for prefix in KEEP_UNQUANTIZED if prefix != "lm_head"]
 
 #: Bytes per quantized parameter, scales included (int8: one fp32 scale per row of 1280;
 #: nf4 with double quantization: 4 bits + an 8-bit absmax per 64 + second-level constants;
