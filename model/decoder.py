@@ -18,6 +18,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration import DeepseekOcrConfig
+from .quantization import int4_linear_many
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -33,6 +34,17 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             out = out + layer.bias
         return out.view(*x.shape[:-1], -1)
     return layer(x)
+
+
+def linear_many(pairs: list[tuple[nn.Module, torch.Tensor]]) -> list[torch.Tensor]:
+    """``[linear(layer, x) for layer, x in pairs]``: products whose inputs are ready together.
+
+    int4 layers decoding one token run them in a single kernel call (see ``int4_linear_many``).
+    """
+    grouped = int4_linear_many(pairs)
+    if grouped is not None:
+        return grouped
+    return [linear(layer, x) for layer, x in pairs]
 
 
 class RMSNorm(nn.Module):
@@ -94,9 +106,12 @@ class DecoderAttention(nn.Module):
     ) -> torch.Tensor:
         b, n, _ = hidden_states.shape
         shape = (b, n, -1, self.head_dim)
-        q = linear(self.q_proj, hidden_states).view(shape).transpose(1, 2)
-        k = linear(self.k_proj, hidden_states).view(shape).transpose(1, 2)
-        v = linear(self.v_proj, hidden_states).view(shape).transpose(1, 2)
+        q, k, v = (
+            projected.view(shape).transpose(1, 2)
+            for projected in linear_many(
+                [(self.q_proj, hidden_states), (self.k_proj, hidden_states), (self.v_proj, hidden_states)]
+            )
+        )
         cos, sin = rotary
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past_key_values is not None:
@@ -116,7 +131,8 @@ class SwiGluMlp(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
+        gate, up = linear_many([(self.gate_proj, x), (self.up_proj, x)])
+        return linear(self.down_proj, F.silu(gate) * up)
 
 
 class MoeRouter(nn.Module):
@@ -157,6 +173,8 @@ class MoeMlp(nn.Module):
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
         weights, ids = self.gate(x)
+        if x.shape[0] == 1:
+            return self._forward_one_token(hidden_states, weights[0].tolist(), ids[0].tolist())
         routed = self._run_experts(x, weights, ids).to(hidden_states.dtype).view(shape)
         if self.shared_experts is not None:
             routed = routed + self.shared_experts(hidden_states)
@@ -164,8 +182,6 @@ class MoeMlp(nn.Module):
 
     def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Weighted sum of the chosen experts per token, in float32 as the reference ``moe_infer``."""
-        if x.shape[0] == 1:
-            return self._run_experts_one_token(x, weights[0].tolist(), ids[0].tolist())
         top_k = ids.shape[1]
         flat_ids = ids.flatten()
         order = flat_ids.argsort()
@@ -180,14 +196,23 @@ class MoeMlp(nn.Module):
         per_choice[order] = torch.cat(outputs)
         return (per_choice.view(-1, top_k, x.shape[1]).float() * weights[..., None]).sum(dim=1)
 
-    def _run_experts_one_token(self, x: torch.Tensor, weights: list[float], ids: list[int]) -> torch.Tensor:
+    def _forward_one_token(self, hidden_states: torch.Tensor, weights: list[float], ids: list[int]) -> torch.Tensor:
         # Decoding one page is one token per step: the sort/scatter bookkeeping above would cost
-        # more than the six expert products it arranges.
-        total = None
-        for weight, expert_id in zip(weights, ids, strict=True):
-            out = self.experts[expert_id](x).float() * weight
-            total = out if total is None else total + out
-        return total
+        # more than the expert products it arranges, and the chosen experts' (and the shared
+        # experts') projections can be issued together.
+        mlps = [self.experts[expert_id] for expert_id in ids]
+        if self.shared_experts is not None:
+            mlps.append(self.shared_experts)
+        projected = linear_many([(mlp.gate_proj, hidden_states) for mlp in mlps] + [(mlp.up_proj, hidden_states) for mlp in mlps])
+        gates, ups = projected[: len(mlps)], projected[len(mlps) :]
+        outs = linear_many(
+            [(mlp.down_proj, F.silu(gate) * up) for mlp, gate, up in zip(mlps, gates, ups, strict=True)]
+        )
+        routed = None
+        for weight, out in zip(weights, outs, strict=False):
+            routed = out.float() * weight if routed is None else routed + out.float() * weight
+        routed = routed.to(hidden_states.dtype)
+        return routed + outs[-1] if self.shared_experts is not None else routed
 
 
 class DecoderLayer(nn.Module):

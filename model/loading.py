@@ -311,7 +311,7 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
             quantize_from_checkpoint(model, tensors)
         if plan.quant == "4bit":
             repack_bitsandbytes_for_cpu(model)
-        read_mapped_weights_into_memory(model, tensors)
+        read_mapped_weights_into_memory(model, tensors, KEPT_MAPPED if plan.quant == "4bit" else ())
         return_freed_memory()
     return model.eval()
 
@@ -392,14 +392,16 @@ class CheckpointTensors:
         return torch.from_numpy(raw).view(_SAFETENSORS_DTYPES[entry["dtype"]]).view(entry["shape"])
 
 
-#: Kept memory-mapped: decoding looks up one row per token, so only the rows a page uses become
-#: resident (a few MB instead of 331 MB), and a reclaimed row costs one 4 KB read.
+#: Kept memory-mapped under nf4, the smallest setting: decoding looks up one row per token, so
+#: only the rows a page uses become resident (a few MB instead of 331 MB). The price is a disk
+#: read (1-8 ms measured here) for each token whose row the host has reclaimed from its page
+#: cache, ~2 ms a step on random tokens: the faster settings keep the table in memory.
 KEPT_MAPPED = ("model.embed_tokens.weight",)
 
 
-def read_mapped_weights_into_memory(model: nn.Module, tensors: CheckpointTensors) -> None:
+def read_mapped_weights_into_memory(model: nn.Module, tensors: CheckpointTensors, keep_mapped: tuple[str, ...]) -> None:
     """Give every weight still backed by from_pretrained's mapping of the checkpoint private
-    memory (see :class:`CheckpointTensors`); the token embedding gets a mapping of its own.
+    memory (see :class:`CheckpointTensors`); those named in ``keep_mapped`` get mappings of their own.
 
     Once nothing refers to from_pretrained's mapping it is unmapped, with the pages loading
     touched. Tensors from_pretrained already copied (dtype conversion, quantization) are left alone.
@@ -407,7 +409,7 @@ def read_mapped_weights_into_memory(model: nn.Module, tensors: CheckpointTensors
     for name, param in model.named_parameters():
         if type(param) is not nn.Parameter or param.dtype != tensors.dtype(name):
             continue
-        param.data = tensors.map(name) if name in KEPT_MAPPED else tensors.read(name)
+        param.data = tensors.map(name) if name in keep_mapped else tensors.read(name)
 
 
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}

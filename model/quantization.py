@@ -1,18 +1,25 @@
-"""Weight-only int4 for CPU decoding, on PyTorch's own int4 kernel.
+"""Weight-only int4 for CPU decoding.
 
-Batch-1 decoding is bound by how fast the weights stream from memory. Storing each decoder
-weight as 4-bit integers in groups of ``group_size`` input features, with a bfloat16 scale and
-zero per group, streams a quarter of the bfloat16 bytes; ``aten::_weight_int4pack_mm_for_cpu``
-dequantizes inside the product. A group is quantized asymmetrically over its [min, max]::
+Batch-1 decoding is bound by how fast the weights stream from memory. Each decoder weight is
+stored as 4-bit integers in groups of ``group_size`` input features, with a bfloat16 scale and
+zero per group: a quarter of the bfloat16 bytes. A group is quantized asymmetrically over its
+[min, max]::
 
     scale = (max - min) / 15,   q = round((w - min) / scale) in 0..15,
     w ~= (q - 8) * scale + zero,   zero = min + 8 * scale
 
-(the kernel's convention: zero is a float and q is centred on 8).
+Layout (what ``kernels/int4_linear.c`` reads)::
 
-torchao wraps the same kernel (``Int4OpaqueTensor``, a prototype in torchao 0.18) as a tensor
-subclass; its dispatch costs 15-40 us per call, and a decode step makes ~330 of these calls,
-so :class:`Int4Linear` calls the kernel directly.
+    packed_weight  uint8 (out, in/2)       in each group, byte j holds input j in its low nibble
+                                           and input j + group/2 in its high nibble
+    scale_and_zero bfloat16 (out, in/group, 2)
+
+Up to :data:`KERNEL_MAX_ROWS` activation rows (decoding) go through the C kernel, which
+quantizes the activations to int8 per group and multiplies with VNNI integer dot products.
+Longer inputs (prefill) unpack the weight to bfloat16 and use torch's matmul, where the
+compute is better spent. PyTorch ships an int4 CPU kernel too
+(``aten::_weight_int4pack_mm_for_cpu``, what torchao wraps); it converts every weight to float
+before its multiply-add and is compute-bound at batch 1, 1.5-2x slower than this one.
 """
 
 from __future__ import annotations
@@ -21,60 +28,90 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional
 
-#: Group sizes the kernel accepts, largest first; a layer takes the largest that divides its input width.
+from . import int4_kernel
+
+#: Group sizes, largest first; a layer takes the largest that divides its input width.
 GROUP_SIZES = (64, 32)
 
-#: The kernel packs output rows in blocks of 16.
-_ROW_BLOCK = 16
-
-#: Rows quantized at once (a multiple of the row block).
+#: Rows quantized at once, so that lm_head's float32 intermediates never exist whole.
 _CHUNK_ROWS = 4096
+
+#: Activation rows up to which the C kernel beats unpacking the weight for a bfloat16 matmul.
+KERNEL_MAX_ROWS = 16
 
 
 def int4_group_size(linear: nn.Linear) -> int | None:
-    """The group size this layer quantizes with, or None when the kernel cannot take its shape."""
-    if linear.out_features % _ROW_BLOCK:
-        return None
+    """The group size this layer quantizes with, or None when no group size divides its input width."""
     return next((size for size in GROUP_SIZES if linear.in_features % size == 0), None)
 
 
 class Int4Linear(nn.Module):
-    """``nn.Linear`` with a 4-bit grouped weight; same input/output shapes, CPU only."""
+    """``nn.Linear`` with a 4-bit grouped weight; same input/output shapes and dtype, CPU only."""
 
     def __init__(self, in_features: int, out_features: int, group_size: int, bias: torch.Tensor | None):
         super().__init__()
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.register_buffer("packed_weight", torch.empty(0, dtype=torch.uint8))  # (out, in/2)
-        self.register_buffer("scale_and_zero", torch.empty(0))  # (in/group, out, 2)
+        self.register_buffer("scale_and_zero", torch.empty(0, dtype=torch.bfloat16))  # (out, in/group, 2)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            rows, self.packed_weight, self.group_size, self.scale_and_zero
-        )
+        rows = x.reshape(-1, self.in_features)
+        kernel = int4_kernel.load()
+        if kernel is not None and rows.shape[0] <= KERNEL_MAX_ROWS and rows.dtype in (torch.float32, torch.bfloat16):
+            out = kernel.linear(rows.contiguous(), self.packed_weight, self.scale_and_zero, self.group_size)
+        else:
+            out = functional.linear(rows, self.dequantized_weight().to(rows.dtype))
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The (out, in) bfloat16 weight this layer computes with."""
+        kernel = int4_kernel.load()
+        if kernel is not None:
+            return kernel.dequantize(self.packed_weight, self.scale_and_zero, self.group_size)
+        return dequantize_int4(self.packed_weight, self.scale_and_zero, self.group_size)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
 
 
-def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float weight -> (packed uint8 (out, in/2), scale_and_zero (in/group, out, 2) bfloat16).
-
-    The kernel is vectorized for bfloat16 only (float16 and float32 run ~20x slower), so scales
-    and activations are bfloat16 whatever the model's dtype. Rows are quantized in chunks (the
-    packing is row-wise) so that lm_head's float32 intermediates never exist whole.
+def int4_linear_many(pairs: list[tuple[nn.Module, torch.Tensor]]) -> list[torch.Tensor] | None:
+    """``[layer(x) for layer, x in pairs]`` in one kernel call, or None where that cannot be done
+    (a layer that is not :class:`Int4Linear`, an input of more than one row, mixed dtypes or
+    group sizes, no kernel). Decoding issues ~280 small products a step; grouped by the ~50
+    places that have their inputs at once, the two threads stream longer runs of weights.
     """
+    kernel = int4_kernel.load()
+    first_layer, first_x = pairs[0]
+    if kernel is None or not isinstance(first_layer, Int4Linear):
+        return None
+    for layer, x in pairs:
+        if not (
+            isinstance(layer, Int4Linear)
+            and layer.bias is None
+            and layer.group_size == first_layer.group_size
+            and x.numel() == layer.in_features
+            and x.dtype == first_x.dtype
+            and x.dtype in (torch.float32, torch.bfloat16)
+        ):
+            return None
+    products = [(x.contiguous(), layer.packed_weight, layer.scale_and_zero) for layer, x in pairs]
+    outs = kernel.linear_many(products, first_layer.group_size)
+    return [out.view(*x.shape[:-1], -1) for out, (_, x) in zip(outs, pairs, strict=True)]
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> (packed uint8 (out, in/2), scale_and_zero bfloat16 (out, in/group, 2))."""
     packed, scales = [], []
     for rows in weight.split(_CHUNK_ROWS):
         chunk_packed, chunk_scales = _quantize_rows(rows, group_size)
         packed.append(chunk_packed)
         scales.append(chunk_scales)
-    return torch.cat(packed), torch.cat(scales, dim=1)
+    return torch.cat(packed), torch.cat(scales)
 
 
 def _quantize_rows(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,19 +119,20 @@ def _quantize_rows(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor,
     groups = weight.to(torch.float32, copy=True).reshape(out_features, in_features // group_size, group_size)
     low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
     scale = ((high - low) / 15).clamp(min=1e-6)
-    q = groups.sub_(low).div_(scale).round_().clamp_(0, 15).to(torch.int32).reshape(out_features, in_features)
-    zero = low + 8 * scale
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-    scale_and_zero = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    q = groups.sub_(low).div_(scale).round_().clamp_(0, 15).to(torch.uint8)
+    half = group_size // 2
+    packed = (q[..., :half] | (q[..., half:] << 4)).reshape(out_features, in_features // 2)
+    scale_and_zero = torch.cat([scale, low + 8 * scale], dim=-1).to(torch.bfloat16)
     return packed, scale_and_zero
 
 
-def dequantize_int4(module: Int4Linear) -> torch.Tensor:
-    """The float weight an :class:`Int4Linear` computes with (for checks, not for inference)."""
-    eye = torch.eye(module.in_features, dtype=module.scale_and_zero.dtype)
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(
-        eye, module.packed_weight, module.group_size, module.scale_and_zero
-    ).T
+def dequantize_int4(packed: torch.Tensor, scale_and_zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The (out, in) bfloat16 weight, with torch operations (the fallback where the C kernel cannot be built)."""
+    out_features, groups = scale_and_zero.shape[:2]
+    nibbles = packed.reshape(out_features, groups, group_size // 2)
+    q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).to(torch.float32) - 8
+    weight = q * scale_and_zero[..., :1].float() + scale_and_zero[..., 1:].float()
+    return weight.reshape(out_features, groups * group_size).to(torch.bfloat16)
 
 
 def quantize_linears_int4(

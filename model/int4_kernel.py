@@ -1,0 +1,145 @@
+"""The int4 product's C kernel (``kernels/int4_linear.c``): built once per machine, called through ctypes.
+
+The kernel is compiled with ``-march=native`` by the machine's C compiler (``$CC``, else ``cc``)
+into a per-user cache, keyed by the source and the CPU's feature flags, the first time an int4
+model is used (about a second). It is plain C with OpenMP rather than a torch C++ extension:
+without torch's headers it builds in a second instead of a minute, and ctypes' call costs
+~1.5 us. Linking ``-fopenmp`` resolves to the ``libgomp.so.1`` torch has already loaded, so
+the kernel shares torch's thread pool instead of starting a second one.
+
+Where no compiler works, :func:`load` returns None and :mod:`.quantization` falls back to
+unpacking the weight with torch operations (correct, several times slower).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import platformdirs
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "kernels" / "int4_linear.c"
+
+#: Set to 0 to skip the kernel and use the torch fallback.
+ENV_SWITCH = "DEEPSEEK_OCR_INT4_KERNEL"
+
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
+
+
+class Int4Kernel:
+    """Typed entry points of the compiled library."""
+
+    def __init__(self, library: ctypes.CDLL):
+        self.library = library
+        pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        self._linear = library.int4_linear
+        self._linear.restype = i32
+        self._linear.argtypes = [pointer, i32, i64, i64, pointer, pointer, i64, i64, pointer, i32, i32, i32]
+        self._linear_many = library.int4_linear_many
+        self._linear_many.restype = i32
+        self._linear_many.argtypes = [pointer, i32, i64, i32, i32, i32, i32]
+        self._dequantize = library.int4_dequantize
+        self._dequantize.restype = None
+        self._dequantize.argtypes = [pointer, pointer, i64, i64, i64, pointer, i32]
+
+    def linear(
+        self, rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group_size: int, portable: bool = False
+    ) -> torch.Tensor:
+        """(M, K) float32 or bfloat16 rows -> (M, N) of the same dtype. ``portable`` skips the SIMD path."""
+        m, k = rows.shape
+        n = packed.shape[0]
+        out = torch.empty(m, n, dtype=rows.dtype)
+        is_bf16 = int(rows.dtype == torch.bfloat16)
+        status = self._linear(
+            rows.data_ptr(), is_bf16, m, k, packed.data_ptr(), scales.data_ptr(), n, group_size,
+            out.data_ptr(), is_bf16, torch.get_num_threads(), int(portable),
+        )  # fmt: skip
+        if status:
+            raise ValueError(f"int4 kernel refused a ({m}, {k}) x ({n}, {k}) product with groups of {group_size}")
+        return out
+
+    def linear_many(
+        self, products: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], group_size: int, portable: bool = False
+    ) -> list[torch.Tensor]:
+        """[(x (1, K), packed (N, K/2), scales)] -> [(N,)], all in one parallel region; x all of one dtype."""
+        dtype = products[0][0].dtype
+        sizes = [packed.shape[0] for _, packed, _ in products]
+        out = torch.empty(sum(sizes), dtype=dtype)
+        address, step = out.data_ptr(), out.element_size()
+        table: list[int] = []
+        for (x, packed, scales), size in zip(products, sizes, strict=True):
+            table += [x.data_ptr(), x.shape[-1], packed.data_ptr(), scales.data_ptr(), size, address]
+            address += size * step
+        table_tensor = torch.tensor(table, dtype=torch.int64)
+        is_bf16 = int(dtype == torch.bfloat16)
+        status = self._linear_many(
+            table_tensor.data_ptr(), len(products), group_size, is_bf16, is_bf16, torch.get_num_threads(), int(portable)
+        )
+        if status:
+            raise ValueError(f"int4 kernel refused {len(products)} products with groups of {group_size}")
+        return list(out.split(sizes))
+
+    def dequantize(self, packed: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+        """The (N, K) bfloat16 weight."""
+        n, k = packed.shape[0], packed.shape[1] * 2
+        weight = torch.empty(n, k, dtype=torch.bfloat16)
+        self._dequantize(packed.data_ptr(), scales.data_ptr(), n, k, group_size, weight.data_ptr(), torch.get_num_threads())
+        return weight
+
+
+@functools.cache
+def load() -> Int4Kernel | None:
+    """The kernel for this machine, built on first use; None where it cannot be built or is switched off."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None
+    try:
+        return Int4Kernel(ctypes.CDLL(str(_build())))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        logger.warning("int4 kernel could not be built (%s); int4 falls back to slower torch code", detail.strip()[:300])
+        return None
+
+
+def _build() -> Path:
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler) is None:
+        raise OSError(f"no C compiler ({compiler}) on PATH")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode() + compiler.encode())
+    library = _cache_dir() / f"int4_linear-{key.hexdigest()[:16]}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # Compile beside the target and rename into place, so concurrent first runs never see half a file.
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        built = Path(scratch) / library.name
+        subprocess.run(
+            [compiler, *_FLAGS, "-o", str(built), str(SOURCE), "-lm"], check=True, capture_output=True, text=True
+        )
+        os.replace(built, library)
+    return library
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DEEPSEEK_OCR_KERNEL_CACHE") or platformdirs.user_cache_dir("deepseek_ocr")) / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU's model and feature flags (a build is not portable)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    wanted = ("model name", "flags", "Features", "CPU part")
+    return platform.machine() + "".join(sorted({line for line in lines if line.startswith(wanted)}))

@@ -1,0 +1,344 @@
+// y = x @ W.T for a 4-bit grouped weight, on the CPU: the product behind deepseek_ocr's int4 linears.
+//
+// Weight layout (quantization.py writes it):
+//   packed  uint8  (N, K/2)        per group of G inputs, byte j holds input j in its low nibble
+//                                  and input j + G/2 in its high nibble
+//   scales  bf16   (N, K/G, 2)     per group (scale, zero):  w = (q - 8) * scale + zero,  q in 0..15
+//
+// Decoding multiplies one activation row by every weight, so the product is bound by how fast
+// the packed weight streams in. PyTorch's own int4 kernel converts each weight to float before
+// its multiply-add and is compute-bound at batch 1; here the activation row is quantized once
+// per call to int8 (per group, symmetric), so that a group's 64 products are one VNNI
+// instruction (vpdpbusd: unsigned 4-bit weight x signed 8-bit activation, summed into int32).
+// Centring q on 8 halves the weights the activations' rounding error is multiplied by (the
+// product's error against the float one measured 0.6% instead of 1.2% with q in 0..15 and the
+// group's min as zero), and the zero term uses the exact float sum of the activations:
+//   sum_i w_i x_i = scale * sx * (sum_i q_i xq_i - 8 sum_i xq_i) + zero * sum_i x_i
+//
+// Built at first use with the machine's C compiler (-march=native); without AVX-512 VNNI, or
+// for groups of 32, the portable loops below compute the same integer sums.
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define HAVE_VNNI512 1
+#else
+#define HAVE_VNNI512 0
+#endif
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) {  // round to nearest even, as torch does
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);  // quiet NaN
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static inline void store(void *out, int out_bf16, int64_t index, float value) {
+    if (out_bf16)
+        ((uint16_t *)out)[index] = float_to_bf16(value);
+    else
+        ((float *)out)[index] = value;
+}
+
+// The activation rows, quantized per group: xq = round(x / sx), sx = max|x| / 127.
+typedef struct {
+    int8_t *xq;      // (rows, K)
+    float *sx;       // (rows, K/G)
+    float *xsum;     // (rows, K/G)  exact sum of x over the group, for the zero term
+    float *centre;   // (rows, K/G)  8 * sx * sum of xq over the group, for q's offset of 8
+} Activations;
+
+static void quantize_group(const float *v, int64_t G, int8_t *xq, float *sx, float *xsum, float *centre) {
+    float amax = 0.f, sum = 0.f;
+    for (int64_t i = 0; i < G; i++) amax = fmaxf(amax, fabsf(v[i])), sum += v[i];
+    const float inverse = amax > 0.f ? 127.f / amax : 0.f;
+    int32_t qsum = 0;
+    for (int64_t i = 0; i < G; i++) xq[i] = (int8_t)lrintf(v[i] * inverse), qsum += xq[i];
+    *sx = amax / 127.f, *xsum = sum, *centre = 8.f * *sx * (float)qsum;
+}
+
+#if HAVE_VNNI512
+// The same as quantize_group for G = 64, in vector registers (the per-call cost that matters
+// at batch 1: a scalar loop over the 6,848 inputs of the dense MLP's down_proj took ~20 us).
+static void quantize_group64(const float *v, int8_t *xq, float *sx, float *xsum, float *centre) {
+    __m512 part[4], amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        part[k] = _mm512_loadu_ps(v + 16 * k);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(part[k]));
+        sum = _mm512_add_ps(sum, part[k]);
+    }
+    const float top = _mm512_reduce_max_ps(amax), inverse = top > 0.f ? 127.f / top : 0.f;
+    __m512i qsum = _mm512_setzero_si512();
+    for (int k = 0; k < 4; k++) {
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(part[k], _mm512_set1_ps(inverse)));  // nearest even
+        _mm_storeu_si128((__m128i *)(xq + 16 * k), _mm512_cvtepi32_epi8(q));
+        qsum = _mm512_add_epi32(qsum, q);
+    }
+    *sx = top / 127.f, *xsum = _mm512_reduce_add_ps(sum), *centre = 8.f * *sx * (float)_mm512_reduce_add_epi32(qsum);
+}
+#endif
+
+static void quantize_activations(const void *x, int x_bf16, int64_t M, int64_t K, int64_t G, int portable,
+                                 Activations *a) {
+    const int64_t groups = K / G;
+    float v[64];
+    (void)portable;
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t base = m * K + g * G, i = m * groups + g;
+            for (int64_t k = 0; k < G; k++)
+                v[k] = x_bf16 ? bf16_to_float(((const uint16_t *)x)[base + k]) : ((const float *)x)[base + k];
+#if HAVE_VNNI512
+            if (G == 64 && !portable) {
+                quantize_group64(v, a->xq + base, a->sx + i, a->xsum + i, a->centre + i);
+                continue;
+            }
+#endif
+            quantize_group(v, G, a->xq + base, a->sx + i, a->xsum + i, a->centre + i);
+        }
+    }
+}
+
+// One output row n for M activation rows; any even group size up to 64.
+static void row_portable(int64_t n, int64_t M, int64_t K, int64_t G, const uint8_t *packed,
+                         const uint16_t *scales, const Activations *a, void *out, int out_bf16, int64_t N) {
+    const int64_t groups = K / G, half = G / 2;
+    const uint8_t *w = packed + n * (K / 2);
+    const uint16_t *sz = scales + n * groups * 2;
+    for (int64_t m = 0; m < M; m++) {
+        float acc = 0.f;
+        for (int64_t g = 0; g < groups; g++) {
+            const uint8_t *wg = w + g * half;
+            const int8_t *xg = a->xq + m * K + g * G;
+            int32_t dot = 0;
+            for (int64_t j = 0; j < half; j++) dot += (wg[j] & 15) * xg[j] + (wg[j] >> 4) * xg[j + half];
+            const float scale = bf16_to_float(sz[2 * g]), zero = bf16_to_float(sz[2 * g + 1]);
+            const int64_t i = m * groups + g;
+            acc += scale * (a->sx[i] * (float)dot - a->centre[i]) + zero * a->xsum[i];
+        }
+        store(out, out_bf16, m * N + n, acc);
+    }
+}
+
+#if HAVE_VNNI512
+// Group size 64: a group of a row is 32 packed bytes -> 64 uint8 weights in one register. The
+// bytes are broadcast to both halves and the upper half shifted by 4, so the low nibbles
+// (inputs 0..31) land in the lower half and the high nibbles (inputs 32..63) in the upper.
+static inline __m512i unpack64(const uint8_t *w) {
+    const __m512i bytes = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w));
+    const __m512i shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    return _mm512_and_si512(_mm512_srlv_epi64(bytes, shifts), _mm512_set1_epi8(15));
+}
+
+// Scales and zeros of up to 16 consecutive groups of a row, as float32 vectors: each 32-bit
+// lane of the (scale, zero) bf16 pairs holds the scale in its low half and the zero in its high.
+static inline void load_scales(const uint16_t *sz, int count, __m512 *scale, __m512 *zero) {
+    const __m512i pairs = _mm512_maskz_loadu_epi32((__mmask16)((1u << count) - 1u), sz);
+    *scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+    *zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
+// Streaming from memory, the hardware prefetcher alone left lm_head's product at ~15 GB/s;
+// asking for the row this far ahead (into L2) brings it to ~23 GB/s, near a plain read's 24.
+// Farther (16-64 rows) or into L1 measured no better.
+#define PREFETCH_ROWS 8
+
+// Output rows n..n+ROWS-1 for activation rows m0..m0+ACTS-1 (ROWS * ACTS = 4 accumulators):
+// the weight group is unpacked once per row and the activation group loaded once per act.
+// Groups go in chunks of 16 so that scales, zeros and the zero term are 16-lane vector work.
+#define DEFINE_BLOCK(NAME, ROWS, ACTS)                                                                 \
+    static void NAME(int64_t n, int64_t m0, int64_t K, const uint8_t *packed, const uint16_t *scales,  \
+                     const Activations *a, float result[ROWS][ACTS]) {                                 \
+        const int64_t groups = K / 64;                                                                 \
+        __m512 acc[ROWS][ACTS], offset[ROWS][ACTS];                                                    \
+        for (int r = 0; r < ROWS; r++)                                                                 \
+            for (int s = 0; s < ACTS; s++) acc[r][s] = offset[r][s] = _mm512_setzero_ps();             \
+        for (int64_t g0 = 0; g0 < groups; g0 += 16) {                                                  \
+            const int count = groups - g0 < 16 ? (int)(groups - g0) : 16;                              \
+            const __mmask16 valid = (__mmask16)((1u << count) - 1u);                                   \
+            float step[ROWS][ACTS][16];                                                                \
+            for (int r = 0; r < ROWS; r++) {                                                           \
+                __m512 scale, zero;                                                                    \
+                load_scales(scales + ((n + r) * groups + g0) * 2, count, &scale, &zero);               \
+                for (int s = 0; s < ACTS; s++) {                                                       \
+                    const int64_t i = (m0 + s) * groups + g0;                                          \
+                    const __m512 sx = _mm512_maskz_loadu_ps(valid, a->sx + i);                        \
+                    const __m512 xsum = _mm512_maskz_loadu_ps(valid, a->xsum + i);                     \
+                    const __m512 centre = _mm512_maskz_loadu_ps(valid, a->centre + i);                 \
+                    _mm512_storeu_ps(step[r][s], _mm512_mul_ps(scale, sx));                            \
+                    offset[r][s] = _mm512_fmadd_ps(zero, xsum, offset[r][s]);                          \
+                    offset[r][s] = _mm512_fnmadd_ps(scale, centre, offset[r][s]);                      \
+                }                                                                                      \
+            }                                                                                          \
+            for (int j = 0; j < count; j++) {                                                          \
+                __m512i x[ACTS];                                                                       \
+                for (int s = 0; s < ACTS; s++)                                                         \
+                    x[s] = _mm512_loadu_si512((const void *)(a->xq + (m0 + s) * K + (g0 + j) * 64));   \
+                for (int r = 0; r < ROWS; r++) {                                                       \
+                    const uint8_t *w_row = packed + (n + r) * (K / 2) + (g0 + j) * 32;                 \
+                    _mm_prefetch((const char *)(w_row + PREFETCH_ROWS * (K / 2)), _MM_HINT_T1);        \
+                    const __m512i w = unpack64(w_row);                                                 \
+                    for (int s = 0; s < ACTS; s++) {                                                   \
+                        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x[s]);      \
+                        acc[r][s] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),                           \
+                                                    _mm512_set1_ps(step[r][s][j]), acc[r][s]);         \
+                    }                                                                                  \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int r = 0; r < ROWS; r++)                                                                 \
+            for (int s = 0; s < ACTS; s++)                                                             \
+                result[r][s] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][s], offset[r][s]));           \
+    }
+
+DEFINE_BLOCK(block_4rows, 4, 1)  // decoding one sequence
+DEFINE_BLOCK(block_4acts, 1, 4)  // several sequences, or the tail rows of one
+#endif
+
+static int allocate(Activations *a, int64_t M, int64_t K, int64_t G) {
+    const int64_t groups = K / G, padded = (M + 3) / 4 * 4;  // rows, padded for the 4-row blocks
+    a->xq = calloc((size_t)(padded * K), 1);
+    a->sx = calloc((size_t)(padded * groups), sizeof(float));
+    a->xsum = calloc((size_t)(padded * groups), sizeof(float));
+    a->centre = calloc((size_t)(padded * groups), sizeof(float));
+    return a->xq && a->sx && a->xsum && a->centre ? 0 : -1;
+}
+
+static void release(Activations *a) { free(a->xq), free(a->sx), free(a->xsum), free(a->centre); }
+
+static int vnni_path(int64_t G, int portable) { return HAVE_VNNI512 && !portable && G == 64; }
+
+#if HAVE_VNNI512
+// Output rows 4b..4b+3 (fewer at the end) of a one-row product.
+static void one_row_block(int64_t b, int64_t K, int64_t N, const uint8_t *packed, const uint16_t *scales,
+                          const Activations *a, void *out, int out_bf16) {
+    if (4 * b + 4 <= N) {
+        float result[4][1];
+        block_4rows(4 * b, 0, K, packed, scales, a, result);
+        for (int r = 0; r < 4; r++) store(out, out_bf16, 4 * b + r, result[r][0]);
+        return;
+    }
+    for (int64_t n = 4 * b; n < N; n++) {
+        float result[1][4];
+        block_4acts(n, 0, K, packed, scales, a, result);
+        store(out, out_bf16, n, result[0][0]);
+    }
+}
+#endif
+
+// out (M, N) = x (M, K) @ W.T, x and out each bf16 or float32. `portable` forces the plain C
+// loops (for tests). Returns 0, or -1 when K is not a multiple of G, G is odd or above 64, or
+// scratch memory cannot be had.
+int int4_linear(const void *x, int x_bf16, int64_t M, int64_t K, const uint8_t *packed,
+                const uint16_t *scales, int64_t N, int64_t G, void *out, int out_bf16, int threads,
+                int portable) {
+    Activations a;
+    if (M <= 0 || G <= 0 || G > 64 || G % 2 || K % G) return -1;
+    if (allocate(&a, M, K, G)) return release(&a), -1;
+    quantize_activations(x, x_bf16, M, K, G, portable, &a);
+    if (vnni_path(G, portable) && M == 1) {
+#if HAVE_VNNI512
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t b = 0; b < (N + 3) / 4; b++) one_row_block(b, K, N, packed, scales, &a, out, out_bf16);
+#endif
+    } else if (vnni_path(G, portable)) {
+#if HAVE_VNNI512
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t m0 = 0; m0 < M; m0 += 4) {
+                float result[1][4];
+                block_4acts(n, m0, K, packed, scales, &a, result);
+                for (int64_t s = 0; s < 4 && m0 + s < M; s++) store(out, out_bf16, (m0 + s) * N + n, result[0][s]);
+            }
+        }
+#endif
+    } else {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t n = 0; n < N; n++) row_portable(n, M, K, G, packed, scales, &a, out, out_bf16, N);
+    }
+    release(&a);
+    return 0;
+}
+
+// Several one-row products in one parallel region. A decoding step's expert projections are
+// 0.6 MB each: one call apiece, two threads spend much of each call starting and stopping
+// their streams from memory. `table` holds, per product, six int64: the address of x (1, K),
+// K, the addresses of packed and scales, N, and the address of out (1, N). Products that
+// follow one another with the same x share its quantization. Returns 0 or -1 as int4_linear.
+int int4_linear_many(const int64_t *table, int count, int64_t G, int x_bf16, int out_bf16, int threads,
+                     int portable) {
+    if (count <= 0 || G <= 0 || G > 64 || G % 2) return -1;
+    for (int p = 0; p < count; p++)
+        if (table[6 * p + 1] % G) return -1;
+    if (!vnni_path(G, portable)) {
+        for (int p = 0; p < count; p++) {
+            const int64_t *t = table + 6 * p;
+            if (int4_linear((const void *)t[0], x_bf16, 1, t[1], (const uint8_t *)t[2], (const uint16_t *)t[3], t[4],
+                            G, (void *)t[5], out_bf16, threads, portable))
+                return -1;
+        }
+        return 0;
+    }
+#if HAVE_VNNI512
+    Activations *a = calloc((size_t)count, sizeof(Activations));
+    int64_t *first_block = malloc(sizeof(int64_t) * (size_t)(count + 1));
+    int status = a && first_block ? 0 : -1;
+    for (int p = 0; p < count && !status; p++) {
+        const int64_t *t = table + 6 * p;
+        if (p > 0 && t[0] == t[-6] && t[1] == t[-5]) {
+            a[p] = a[p - 1];  // shared: freed once, below
+            continue;
+        }
+        status = allocate(&a[p], 1, t[1], G);
+        if (!status) quantize_activations((const void *)t[0], x_bf16, 1, t[1], G, 0, &a[p]);
+    }
+    if (!status) {
+        first_block[0] = 0;
+        for (int p = 0; p < count; p++) first_block[p + 1] = first_block[p] + (table[6 * p + 4] + 3) / 4;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t b = 0; b < first_block[count]; b++) {
+            int p = 0;
+            while (b >= first_block[p + 1]) p++;
+            const int64_t *t = table + 6 * p;
+            one_row_block(b - first_block[p], t[1], t[4], (const uint8_t *)t[2], (const uint16_t *)t[3], &a[p],
+                          (void *)t[5], out_bf16);
+        }
+    }
+    for (int p = 0; a && p < count; p++)
+        if (!(p > 0 && a[p].xq == a[p - 1].xq)) release(&a[p]);
+    free(a), free(first_block);
+    return status;
+#else
+    return -1;
+#endif
+}
+
+// The weight back as bf16 (N, K): for prefill-sized batches, where a bf16 matmul wins.
+void int4_dequantize(const uint8_t *packed, const uint16_t *scales, int64_t N, int64_t K, int64_t G,
+                     uint16_t *weight, int threads) {
+    const int64_t groups = K / G, half = G / 2;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t g = 0; g < groups; g++) {
+            const uint8_t *w = packed + n * (K / 2) + g * half;
+            const float scale = bf16_to_float(scales[(n * groups + g) * 2]);
+            const float zero = bf16_to_float(scales[(n * groups + g) * 2 + 1]);
+            uint16_t *row = weight + n * K + g * G;
+            for (int64_t j = 0; j < half; j++) {
+                row[j] = float_to_bf16((float)((w[j] & 15) - 8) * scale + zero);
+                row[j + half] = float_to_bf16((float)((w[j] >> 4) - 8) * scale + zero);
+            }
+        }
+    }
+}
