@@ -209,7 +209,7 @@ QUANT_NAMES = {
     "none": "bfloat16",
     "8bit": "int8 (bnb)",
     "4bit": "nf4 (bnb, double quant)",
-    "int4": "int4 (PyTorch kernel, groups of 64)",
+    "int4": "int4 (C kernel, groups of 64)",
 }
 
 

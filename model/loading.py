@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .configuration import DeepseekOcrConfig
+from .decoder import MoeRouter
 from .modeling import DeepseekOcrForConditionalGeneration
 from .quantization import int4_group_size, quantize_linears_int4
 
@@ -58,7 +59,7 @@ class RuntimePlan:
 
     device: str
     dtype: torch.dtype
-    quant: str  # none | 8bit | 4bit (bitsandbytes) | int4 (PyTorch's CPU kernel)
+    quant: str  # none | 8bit | 4bit (bitsandbytes) | int4 (our CPU kernel, quantization.py)
     attn: str  # sdpa | flash_attention_2
     reason: str = ""
 
@@ -141,9 +142,8 @@ def estimate_weight_bytes(config: DeepseekOcrConfig, dtype: torch.dtype, quant: 
 def quantizable_linears(model: nn.Module, quant: str) -> dict[str, nn.Linear]:
     """The nn.Linear layers the quantizer replaces: the decoder's (and, for int4, lm_head).
 
-    bitsandbytes' CPU 4-bit kernels work on blocks of 64 input features and PyTorch's int4
-    kernel on groups of 32 or 64 and blocks of 16 output rows; a layer whose shape does not fit
-    (only in tiny test configs) stays unquantized.
+    bitsandbytes' CPU 4-bit kernels work on blocks of 64 input features and int4 on groups of
+    32 or 64; a layer whose shape does not fit (only in tiny test configs) stays unquantized.
     """
     keep = KEEP_UNQUANTIZED_INT4 if quant == "int4" else KEEP_UNQUANTIZED
     return {
@@ -164,7 +164,7 @@ def plan_runtime(
     config: DeepseekOcrConfig | None = None,
 ) -> RuntimePlan:
     """Resolve every ``auto``. Quant ``auto`` = full precision when the weights fit in free memory,
-    else 4-bit: bitsandbytes nf4 on a GPU, PyTorch's int4 kernel on the CPU."""
+    else 4-bit: bitsandbytes nf4 on a GPU, int4 on the CPU."""
     chosen_device = pick_device(device)
     chosen_dtype = pick_dtype(chosen_device, dtype)
     chosen_quant, reason = quant, "requested"
@@ -313,7 +313,16 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
             repack_bitsandbytes_for_cpu(model)
         read_mapped_weights_into_memory(model, tensors, KEPT_MAPPED if plan.quant == "4bit" else ())
         return_freed_memory()
+    store_routers_in_float32(model)
     return model.eval()
+
+
+def store_routers_in_float32(model: nn.Module) -> None:
+    """Routers compute in float32 (as the reference does); holding their 64 x 1,280 weights in
+    float32 (exact from bfloat16, 0.3 MB each) saves converting them at every token."""
+    for module in model.modules():
+        if isinstance(module, MoeRouter):
+            module.weight.data = module.weight.data.float()
 
 
 def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors, modules_per_step: int = 64) -> None:

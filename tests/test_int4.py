@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from deepseek_ocr import int4_kernel
+from deepseek_ocr import decoder, int4_kernel
+from deepseek_ocr.decoder import MoeMlp, SwiGluMlp
 from deepseek_ocr.quantization import (
     KERNEL_MAX_ROWS,
     Int4Linear,
     dequantize_int4,
     int4_group_size,
     int4_linear_many,
+    int4_swiglu_mix,
     quantize_linears_int4,
 )
 
@@ -142,3 +145,53 @@ def test_grouped_products_equal_one_call_each():
 )
 def test_products_the_grouped_call_cannot_take_are_left_to_the_caller(pairs):
     assert int4_linear_many(pairs()) is None
+
+
+def int4_mlp(hidden: int, intermediate: int) -> SwiGluMlp:
+    mlp = SwiGluMlp(hidden, intermediate)
+    for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+        nn.init.normal_(linear.weight, std=0.05)
+    quantize_linears_int4(mlp, ["gate_proj", "up_proj", "down_proj"])
+    return mlp
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_expert_mixture_matches_the_weighted_sum_of_its_mlps(dtype):
+    """A MoE layer's decoding step in one call: routed experts weighted, shared experts at 1."""
+    torch.manual_seed(5)
+    mlps = [int4_mlp(128, 64) for _ in range(3)] + [int4_mlp(128, 128)]
+    weights = torch.tensor([0.5, 0.3, 0.2, 1.0])
+    x = torch.randn(1, 1, 128).to(dtype)
+    mixed = int4_swiglu_mix(x, mlps, weights)
+    assert mixed.shape == (1, 1, 128) and mixed.dtype == torch.float32
+    expected = sum(weight * mlp(x).float() for weight, mlp in zip(weights.tolist(), mlps, strict=True))
+    # The hidden activations stay float32 in the kernel (bfloat16 between the separate products).
+    error = (mixed - expected).norm() / expected.norm()
+    assert error < 0.02, error
+
+
+def test_the_fused_mixture_declines_what_it_cannot_compute():
+    x = torch.randn(1, 128)
+    assert int4_swiglu_mix(x, [int4_mlp(128, 32)], torch.ones(1)) is None  # groups of 32
+    assert int4_swiglu_mix(torch.randn(2, 128), [int4_mlp(128, 64)], torch.ones(1)) is None  # two rows
+    assert int4_swiglu_mix(x, [SwiGluMlp(128, 64)], torch.ones(1)) is None  # not int4
+
+
+def test_a_moe_layer_decodes_the_same_token_fused_or_not(monkeypatch):
+    torch.manual_seed(6)
+    config = SimpleNamespace(
+        hidden_size=128, moe_intermediate_size=64, n_routed_experts=8, n_shared_experts=2,
+        num_experts_per_tok=3, norm_topk_prob=False, routed_scaling_factor=1.0,
+    )  # fmt: skip
+    layer = MoeMlp(config)
+    nn.init.normal_(layer.gate.weight, std=0.1)
+    names = [n for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
+    for name in names:
+        nn.init.normal_(layer.get_submodule(name).weight, std=0.05)
+    quantize_linears_int4(layer, names)
+    token = torch.randn(1, 1, 128, dtype=torch.bfloat16)
+    fused = layer(token)
+    monkeypatch.setattr(decoder, "int4_swiglu_mix", lambda *args: None)
+    separate = layer(token)
+    assert fused.shape == separate.shape == (1, 1, 128) and fused.dtype == torch.bfloat16
+    assert (fused.float() - separate.float()).norm() / separate.float().norm() < 0.02
