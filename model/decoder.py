@@ -18,7 +18,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration import DeepseekOcrConfig
-from .quantization import int4_linear_many, int4_swiglu_mix
+from .quantization import int4_attend_project, int4_linear_many, int4_qkv_rotary, int4_swiglu_mix
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -104,16 +104,24 @@ class DecoderAttention(nn.Module):
     ) -> torch.Tensor:
         b, n, _ = hidden_states.shape
         shape = (b, n, -1, self.head_dim)
-        q, k, v = (
-            projected.view(shape).transpose(1, 2)
-            for projected in linear_many(
-                [(self.q_proj, hidden_states), (self.k_proj, hidden_states), (self.v_proj, hidden_states)]
-            )
-        )
         cos, sin = rotary
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        # Decoding one page with int4 weights: projections, rotary, attention and o_proj in two
+        # kernel calls around the cache update instead of ~25 small torch operations.
+        one_token = (b, n) == (1, 1) and attention_mask is None
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        fused = int4_qkv_rotary(hidden_states, projections, cos, sin, self.head_dim) if one_token else None
+        if fused is not None:
+            q, k, v = (t.view(shape).transpose(1, 2) for t in fused)
+        else:
+            q, k, v = (
+                t.view(shape).transpose(1, 2)
+                for t in linear_many([(projection, hidden_states) for projection in projections])
+            )
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
+        if one_token and (out := int4_attend_project(q, k, v, self.scaling, self.o_proj)) is not None:
+            return out.view(b, n, -1)
         attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, sdpa_attention_forward
         )

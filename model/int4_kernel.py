@@ -52,6 +52,13 @@ class Int4Kernel:
         self._swiglu_mix = library.int4_swiglu_mix
         self._swiglu_mix.restype = i32
         self._swiglu_mix.argtypes = [pointer, i32, i64, pointer, pointer, i32, i64, pointer, i32]
+        self._qkv_rotary = library.int4_qkv_rotary
+        self._qkv_rotary.restype = i32
+        self._qkv_rotary.argtypes = [pointer, i32, i64, pointer, i64, i64, pointer, pointer, pointer, pointer, pointer, i32]
+        self._attend_project = library.int4_attend_project
+        self._attend_project.restype = i32
+        self._attend_project.argtypes = [pointer, pointer, pointer, i32, i64, i64, i64, i64, i64, i64, i64,
+                                         ctypes.c_float, pointer, pointer, i64, pointer, i32]  # fmt: skip
         self._dequantize = library.int4_dequantize
         self._dequantize.restype = None
         self._dequantize.argtypes = [pointer, pointer, i64, i64, i64, pointer, i32]
@@ -110,6 +117,40 @@ class Int4Kernel:
         status = self._swiglu_mix(
             x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[-1], table_tensor.data_ptr(), weights.data_ptr(),
             len(mlps), group_size, out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return None if status else out
+
+    def qkv_rotary(
+        self, x: torch.Tensor, weights: list[torch.Tensor], head_dim: int, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """One row x (H,) -> q, k, v (width,) in x's dtype, rotary applied to q and k; None off the VNNI path.
+
+        ``weights``: packed weights and scales of q, k and v (six tensors); cos, sin: (head_dim,) in x's dtype.
+        """
+        width = weights[0].shape[0]
+        q, k, v = (torch.empty(width, dtype=x.dtype) for _ in range(3))
+        table = torch.tensor([tensor.data_ptr() for tensor in weights], dtype=torch.int64)
+        status = self._qkv_rotary(
+            x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[-1], table.data_ptr(), width, head_dim,
+            cos.data_ptr(), sin.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return None if status else (q, k, v)
+
+    def attend_project(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float,
+        packed: torch.Tensor, scales: torch.Tensor,
+    ) -> torch.Tensor | None:  # fmt: skip
+        """softmax(q K^T scaling) V per head, then the output projection, for one query row.
+
+        q (heads, head_dim); keys, values (heads, length, head_dim) with contiguous rows, all
+        of q's dtype -> (N,) in q's dtype. None off the VNNI path.
+        """
+        heads, length, head_dim = keys.shape
+        out = torch.empty(packed.shape[0], dtype=q.dtype)
+        status = self._attend_project(
+            q.data_ptr(), keys.data_ptr(), values.data_ptr(), int(q.dtype == torch.bfloat16), heads, head_dim, length,
+            keys.stride(0), keys.stride(1), values.stride(0), values.stride(1), scaling,
+            packed.data_ptr(), scales.data_ptr(), packed.shape[0], out.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return None if status else out
 

@@ -123,6 +123,53 @@ def int4_swiglu_mix(x: torch.Tensor, mlps: list[nn.Module], weights: torch.Tenso
     return None if out is None else out.view(x.shape)
 
 
+def _fused_eligible(layer: nn.Module) -> bool:
+    return isinstance(layer, Int4Linear) and layer.bias is None and layer.group_size == 64
+
+
+def int4_qkv_rotary(
+    x: torch.Tensor, projections: tuple[nn.Module, nn.Module, nn.Module], cos: torch.Tensor, sin: torch.Tensor,
+    head_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:  # fmt: skip
+    """An attention layer's q, k, v for one token x, rotary applied to q and k, in one kernel
+    call (each (width,) in x's dtype); None where that cannot be done (see :func:`int4_swiglu_mix`)."""
+    kernel = int4_kernel.load()
+    if (
+        kernel is None
+        or x.numel() != x.shape[-1]
+        or x.dtype not in (torch.float32, torch.bfloat16)
+        or cos.dtype != x.dtype
+        or cos.numel() != head_dim
+        or not all(_fused_eligible(layer) for layer in projections)
+    ):
+        return None
+    weights = [t for layer in projections for t in (layer.packed_weight, layer.scale_and_zero)]
+    return kernel.qkv_rotary(x.contiguous(), weights, head_dim, cos.contiguous(), sin.contiguous())
+
+
+def int4_attend_project(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float, o_proj: nn.Module
+) -> torch.Tensor | None:
+    """``o_proj(softmax(q K^T scaling) V)`` for one query (1, heads, 1, head_dim) against the
+    (1, heads, length, head_dim) cache, in one kernel call: (o_proj.out_features,) in q's dtype.
+    None where that cannot be done."""
+    kernel = int4_kernel.load()
+    if (
+        kernel is None
+        or not _fused_eligible(o_proj)
+        or q.shape[0] != 1
+        or q.shape[2] != 1
+        or not (q.dtype == keys.dtype == values.dtype)
+        or q.dtype not in (torch.float32, torch.bfloat16)
+        or keys.stride(-1) != 1
+        or values.stride(-1) != 1
+    ):
+        return None
+    heads, head_dim = q.shape[1], q.shape[3]
+    packed, scales = o_proj.packed_weight, o_proj.scale_and_zero
+    return kernel.attend_project(q.reshape(heads, head_dim), keys[0], values[0], scaling, packed, scales)
+
+
 def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, in) float weight -> (packed uint8 (out, in/2), scale_and_zero bfloat16 (out, in/group, 2))."""
     packed, scales = [], []

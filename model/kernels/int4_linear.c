@@ -457,6 +457,127 @@ int int4_swiglu_mix(const void *x, int x_bf16, int64_t H, const int64_t *table, 
 #endif
 }
 
+#if HAVE_VNNI512
+static inline __m512 load16(const void *base, int64_t offset, int bf16) {
+    if (bf16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + offset))), 16));
+    return _mm512_loadu_ps((const float *)base + offset);
+}
+#endif
+
+// A decoding step's attention input side for one token: q, k, v = x @ Wq/Wk/Wv.T (one
+// parallel region), then rotary embedding on q and k per head (half-split "rotate half"):
+//   out[i] = x[i] cos[i] - x[i + d/2] sin[i],   out[i + d/2] = x[i + d/2] cos[i + d/2] + x[i] sin[i + d/2]
+// in float32, rounded once into q, k, v (x's dtype, each (width,)). `weights` holds the
+// addresses of the q, k and v packed weights and scales (six int64); cos and sin are
+// (head_dim,) in x's dtype. Groups of 64 on the VNNI path only; returns -1 otherwise.
+int int4_qkv_rotary(const void *x, int x_bf16, int64_t H, const int64_t *weights, int64_t width, int64_t head_dim,
+                    const void *cos, const void *sin, void *q, void *k, void *v, int threads) {
+    if (!vnni_path(64, 0) || H % 64 || width % head_dim || head_dim % 2) return -1;
+#if HAVE_VNNI512
+    Activations input = {0};
+    float *qkv = malloc(sizeof(float) * (size_t)(3 * width));
+    int status = qkv ? allocate(&input, 1, H, 64) : -1;
+    if (!status) {
+        quantize_activations(x, x_bf16, 1, H, 64, 0, &input);
+        Product products[3];
+        for (int p = 0; p < 3; p++)
+            products[p] = (Product){&input, H, width, (const uint8_t *)weights[2 * p], (const uint16_t *)weights[2 * p + 1],
+                                    qkv + p * width};
+        status = run_products(products, 3, 0, threads);
+    }
+    if (!status) {
+        const int64_t half = head_dim / 2;
+        float c[head_dim], s[head_dim];
+        for (int64_t i = 0; i < head_dim; i++) {
+            c[i] = x_bf16 ? bf16_to_float(((const uint16_t *)cos)[i]) : ((const float *)cos)[i];
+            s[i] = x_bf16 ? bf16_to_float(((const uint16_t *)sin)[i]) : ((const float *)sin)[i];
+        }
+        void *outs[3] = {q, k, v};
+        for (int p = 0; p < 3; p++) {
+            const float *in = qkv + p * width;
+            for (int64_t base = 0; base < width; base += head_dim) {
+                for (int64_t i = 0; i < half; i++) {
+                    const float first = in[base + i], second = in[base + half + i];
+                    const float rotated_first = p < 2 ? first * c[i] - second * s[i] : first;
+                    const float rotated_second = p < 2 ? second * c[half + i] + first * s[half + i] : second;
+                    store(outs[p], x_bf16, base + i, rotated_first);
+                    store(outs[p], x_bf16, base + half + i, rotated_second);
+                }
+            }
+        }
+    }
+    release(&input);
+    free(qkv);
+    return status;
+#else
+    (void)x, (void)x_bf16, (void)weights, (void)cos, (void)sin, (void)q, (void)k, (void)v, (void)threads;
+    return -1;
+#endif
+}
+
+// A decoding step's attention output side for one token: softmax(q K^T * scaling) V per head
+// over the `length` cached positions (float32), then the output projection: out (N,) =
+// attended @ Wo.T in q's dtype. q is (heads * head_dim,); keys and values are strided
+// (head, token) views of the cache with contiguous rows of head_dim, in q's dtype.
+// Returns -1 off the VNNI path, for a head_dim not a multiple of 16, or without memory.
+int int4_attend_project(const void *q, const void *keys, const void *values, int bf16, int64_t heads,
+                        int64_t head_dim, int64_t length, int64_t key_head_stride, int64_t key_token_stride,
+                        int64_t value_head_stride, int64_t value_token_stride, float scaling,
+                        const uint8_t *o_packed, const uint16_t *o_scales, int64_t N, void *out, int threads) {
+    const int64_t width = heads * head_dim;
+    if (!vnni_path(64, 0) || head_dim % 16 || width % 64 || length <= 0) return -1;
+#if HAVE_VNNI512
+    float *attended = malloc(sizeof(float) * (size_t)width), *scores = malloc(sizeof(float) * (size_t)(heads * length));
+    Activations hidden = {0};
+    int status = attended && scores ? allocate(&hidden, 1, width, 64) : -1;
+    if (!status) {
+        const int64_t chunks = head_dim / 16;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t h = 0; h < heads; h++) {
+            __m512 query[chunks], result[chunks];
+            for (int64_t c = 0; c < chunks; c++) {
+                query[c] = _mm512_mul_ps(load16(q, h * head_dim + 16 * c, bf16), _mm512_set1_ps(scaling));
+                result[c] = _mm512_setzero_ps();
+            }
+            float *score = scores + h * length, top = -INFINITY, total = 0.f;
+            for (int64_t t = 0; t < length; t++) {
+                __m512 dot = _mm512_setzero_ps();
+                for (int64_t c = 0; c < chunks; c++)
+                    dot = _mm512_fmadd_ps(query[c], load16(keys, h * key_head_stride + t * key_token_stride + 16 * c, bf16), dot);
+                score[t] = _mm512_reduce_add_ps(dot);
+                top = fmaxf(top, score[t]);
+            }
+            for (int64_t t = 0; t < length; t += 16) {
+                const __mmask16 valid = length - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (length - t)) - 1u);
+                const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, score + t), _mm512_set1_ps(top)));
+                _mm512_mask_storeu_ps(score + t, valid, e);
+                total += _mm512_mask_reduce_add_ps(valid, e);
+            }
+            for (int64_t t = 0; t < length; t++) {
+                const __m512 weight = _mm512_set1_ps(score[t]);
+                for (int64_t c = 0; c < chunks; c++)
+                    result[c] = _mm512_fmadd_ps(weight, load16(values, h * value_head_stride + t * value_token_stride + 16 * c, bf16), result[c]);
+            }
+            for (int64_t c = 0; c < chunks; c++)
+                _mm512_storeu_ps(attended + h * head_dim + 16 * c, _mm512_div_ps(result[c], _mm512_set1_ps(total)));
+        }
+        quantize_activations(attended, 0, 1, width, 64, 0, &hidden);
+        const Product product = {&hidden, width, N, o_packed, o_scales, out};
+        status = run_products(&product, 1, bf16, threads);
+    }
+    release(&hidden);
+    free(attended), free(scores);
+    return status;
+#else
+    (void)q, (void)keys, (void)values, (void)bf16, (void)key_head_stride, (void)key_token_stride;
+    (void)value_head_stride, (void)value_token_stride, (void)scaling, (void)o_packed, (void)o_scales, (void)N;
+    (void)out, (void)threads;
+    return -1;
+#endif
+}
+
 // The weight back as bf16 (N, K): for prefill-sized batches, where a bf16 matmul wins.
 void int4_dequantize(const uint8_t *packed, const uint16_t *scales, int64_t N, int64_t K, int64_t G,
                      uint16_t *weight, int threads) {
