@@ -54,7 +54,8 @@ class Int4Kernel:
         self._swiglu_mix.argtypes = [pointer, i32, i64, pointer, pointer, i32, i64, pointer, i32]
         self._qkv_rotary = library.int4_qkv_rotary
         self._qkv_rotary.restype = i32
-        self._qkv_rotary.argtypes = [pointer, i32, i64, pointer, i64, i64, pointer, pointer, pointer, pointer, pointer, i32]
+        self._qkv_rotary.argtypes = [pointer, i32, i64, pointer, ctypes.c_float, pointer, i64, i64,
+                                     pointer, pointer, pointer, pointer, pointer, i32]  # fmt: skip
         self._attend_project = library.int4_attend_project
         self._attend_project.restype = i32
         self._attend_project.argtypes = [pointer, pointer, pointer, i32, i64, i64, i64, i64, i64, i64, i64,
@@ -121,18 +122,21 @@ class Int4Kernel:
         return None if status else out
 
     def qkv_rotary(
-        self, x: torch.Tensor, weights: list[torch.Tensor], head_dim: int, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        self, x: torch.Tensor, norm: tuple[torch.Tensor, float] | None, weights: list[torch.Tensor], head_dim: int,
+        cos: torch.Tensor, sin: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:  # fmt: skip
         """One row x (H,) -> q, k, v (width,) in x's dtype, rotary applied to q and k; None off the VNNI path.
 
-        ``weights``: packed weights and scales of q, k and v (six tensors); cos, sin: (head_dim,) in x's dtype.
+        ``norm``: (weight, eps) of an RMSNorm applied to x first; ``weights``: packed weights and
+        scales of q, k and v (six tensors); cos, sin: (head_dim,) in x's dtype.
         """
         width = weights[0].shape[0]
         q, k, v = (torch.empty(width, dtype=x.dtype) for _ in range(3))
         table = torch.tensor([tensor.data_ptr() for tensor in weights], dtype=torch.int64)
+        norm_weight, eps = (norm[0].data_ptr(), norm[1]) if norm is not None else (None, 0.0)
         status = self._qkv_rotary(
-            x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[-1], table.data_ptr(), width, head_dim,
-            cos.data_ptr(), sin.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), torch.get_num_threads(),
+            x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[-1], norm_weight, eps, table.data_ptr(), width,
+            head_dim, cos.data_ptr(), sin.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return None if status else (q, k, v)
 

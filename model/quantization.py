@@ -128,11 +128,13 @@ def _fused_eligible(layer: nn.Module) -> bool:
 
 
 def int4_qkv_rotary(
-    x: torch.Tensor, projections: tuple[nn.Module, nn.Module, nn.Module], cos: torch.Tensor, sin: torch.Tensor,
-    head_dim: int,
+    x: torch.Tensor, norm: nn.Module | None, projections: tuple[nn.Module, nn.Module, nn.Module],
+    cos: torch.Tensor, sin: torch.Tensor, head_dim: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:  # fmt: skip
-    """An attention layer's q, k, v for one token x, rotary applied to q and k, in one kernel
-    call (each (width,) in x's dtype); None where that cannot be done (see :func:`int4_swiglu_mix`)."""
+    """An attention layer's q, k, v for one token x, after its input RMSNorm (``norm``: a module
+    with ``weight`` and ``variance_epsilon``, or None) and with rotary applied to q and k, in one
+    kernel call (each (width,) in x's dtype); None where that cannot be done (see
+    :func:`int4_swiglu_mix`)."""
     kernel = int4_kernel.load()
     if (
         kernel is None
@@ -140,11 +142,13 @@ def int4_qkv_rotary(
         or x.dtype not in (torch.float32, torch.bfloat16)
         or cos.dtype != x.dtype
         or cos.numel() != head_dim
+        or (norm is not None and norm.weight.dtype != x.dtype)
         or not all(_fused_eligible(layer) for layer in projections)
     ):
         return None
     weights = [t for layer in projections for t in (layer.packed_weight, layer.scale_and_zero)]
-    return kernel.qkv_rotary(x.contiguous(), weights, head_dim, cos.contiguous(), sin.contiguous())
+    norm_arguments = (norm.weight.contiguous(), norm.variance_epsilon) if norm is not None else None
+    return kernel.qkv_rotary(x.contiguous(), norm_arguments, weights, head_dim, cos.contiguous(), sin.contiguous())
 
 
 def int4_attend_project(

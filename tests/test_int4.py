@@ -201,27 +201,30 @@ def test_a_moe_layer_decodes_the_same_token_fused_or_not(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_attention_decodes_the_same_fused_or_not(monkeypatch, dtype):
-    """Projections + rotary, then attention over the cache + o_proj, each in one kernel call."""
+    """Input norm + projections + rotary, then attention over the cache + o_proj, each in one kernel call."""
     torch.manual_seed(7)
     config = SimpleNamespace(
         hidden_size=128, num_attention_heads=4, head_dim=32, attention_bias=False, rope_theta=10000.0,
         _attn_implementation="sdpa",
     )  # fmt: skip
     attention = DecoderAttention(config, layer_idx=0)
+    norm = decoder.RMSNorm(128, 1e-6).to(dtype)
+    nn.init.normal_(norm.weight, mean=1.0, std=0.2)
     names = ["q_proj", "k_proj", "v_proj", "o_proj"]
     for name in names:
         nn.init.normal_(attention.get_submodule(name).weight, std=0.1)
     quantize_linears_int4(attention, names)
-    prompt, token = torch.randn(1, 37, 128).to(dtype), torch.randn(1, 1, 128).to(dtype)
+    # Inputs far from unit RMS, so that a norm left out could not pass for one applied.
+    prompt, token = (3 * torch.randn(1, 37, 128)).to(dtype), (3 * torch.randn(1, 1, 128)).to(dtype)
 
     def decode_one_token() -> torch.Tensor:
         cache = GrowingCache()
         causal = torch.full((37, 37), -float("inf")).triu(1).to(dtype)[None, None]
-        attention(prompt, rotary_cos_sin(torch.arange(37)[None], 32, 10000.0, dtype), causal, cache)
-        return attention(token, rotary_cos_sin(torch.tensor([[37]]), 32, 10000.0, dtype), None, cache)
+        attention(prompt, rotary_cos_sin(torch.arange(37)[None], 32, 10000.0, dtype), causal, cache, norm)
+        return attention(token, rotary_cos_sin(torch.tensor([[37]]), 32, 10000.0, dtype), None, cache, norm)
 
     fused = decode_one_token()
-    monkeypatch.setattr(decoder, "int4_qkv_rotary", lambda *args: None)
+    monkeypatch.setattr(decoder, "int4_qkv_rotary", lambda *args: None)  # torch path, norm included
     monkeypatch.setattr(decoder, "int4_attend_project", lambda *args: None)
     separate = decode_one_token()
     assert fused.shape == separate.shape == (1, 1, 128) and fused.dtype == dtype

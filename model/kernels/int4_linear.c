@@ -340,6 +340,26 @@ static int run_products(const Product *products, int count, int out_bf16, int th
     return 0;
 }
 
+// RMSNorm of one row into float32, rounded as the torch module rounds in x's dtype:
+// weight * dtype(x * rsqrt(mean(x^2) + eps)), the inner product in float32. Without a weight,
+// x as float32.
+static void rms_norm(const void *x, int bf16, int64_t H, const void *weight, float eps, float *out) {
+    float sum = 0.f;
+    for (int64_t i = 0; i < H; i++) {
+        out[i] = bf16 ? bf16_to_float(((const uint16_t *)x)[i]) : ((const float *)x)[i];
+        sum += out[i] * out[i];
+    }
+    if (!weight) return;
+    const float inverse = 1.f / sqrtf(sum / (float)H + eps);
+    for (int64_t i = 0; i < H; i++) {
+        if (bf16)
+            out[i] = bf16_to_float(float_to_bf16(bf16_to_float(((const uint16_t *)weight)[i]) *
+                                                 bf16_to_float(float_to_bf16(out[i] * inverse))));
+        else
+            out[i] = ((const float *)weight)[i] * (out[i] * inverse);
+    }
+}
+
 // e^x for float32 lanes: 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by its degree-7
 // Taylor polynomial (relative error < 1e-8, below float32's rounding).
 static inline __m512 exp512(__m512 x) {
@@ -471,16 +491,20 @@ static inline __m512 load16(const void *base, int64_t offset, int bf16) {
 //   out[i] = x[i] cos[i] - x[i + d/2] sin[i],   out[i + d/2] = x[i + d/2] cos[i + d/2] + x[i] sin[i + d/2]
 // in float32, rounded once into q, k, v (x's dtype, each (width,)). `weights` holds the
 // addresses of the q, k and v packed weights and scales (six int64); cos and sin are
-// (head_dim,) in x's dtype. Groups of 64 on the VNNI path only; returns -1 otherwise.
-int int4_qkv_rotary(const void *x, int x_bf16, int64_t H, const int64_t *weights, int64_t width, int64_t head_dim,
-                    const void *cos, const void *sin, void *q, void *k, void *v, int threads) {
+// (head_dim,) in x's dtype. x is first RMSNorm-ed with norm_weight (x's dtype) and eps, as
+// the layer's input norm, unless norm_weight is NULL. Groups of 64 on the VNNI path only;
+// returns -1 otherwise.
+int int4_qkv_rotary(const void *x, int x_bf16, int64_t H, const void *norm_weight, float eps, const int64_t *weights,
+                    int64_t width, int64_t head_dim, const void *cos, const void *sin, void *q, void *k, void *v,
+                    int threads) {
     if (!vnni_path(64, 0) || H % 64 || width % head_dim || head_dim % 2) return -1;
 #if HAVE_VNNI512
     Activations input = {0};
-    float *qkv = malloc(sizeof(float) * (size_t)(3 * width));
+    float *qkv = malloc(sizeof(float) * (size_t)(3 * width + H)), *normed = qkv + 3 * width;
     int status = qkv ? allocate(&input, 1, H, 64) : -1;
     if (!status) {
-        quantize_activations(x, x_bf16, 1, H, 64, 0, &input);
+        rms_norm(x, x_bf16, H, norm_weight, eps, normed);
+        quantize_activations(normed, 0, 1, H, 64, 0, &input);
         Product products[3];
         for (int p = 0; p < 3; p++)
             products[p] = (Product){&input, H, width, (const uint8_t *)weights[2 * p], (const uint16_t *)weights[2 * p + 1],
@@ -512,7 +536,8 @@ int int4_qkv_rotary(const void *x, int x_bf16, int64_t H, const int64_t *weights
     free(qkv);
     return status;
 #else
-    (void)x, (void)x_bf16, (void)weights, (void)cos, (void)sin, (void)q, (void)k, (void)v, (void)threads;
+    (void)x, (void)x_bf16, (void)norm_weight, (void)eps, (void)weights, (void)cos, (void)sin, (void)q, (void)k, (void)v;
+    (void)threads;
     return -1;
 #endif
 }
