@@ -18,7 +18,14 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration import DeepseekOcrConfig
-from .quantization import int4_attend_project, int4_linear_many, int4_qkv_rotary, int4_swiglu_mix
+from .quantization import (
+    int4_attend_project,
+    int4_linear_many,
+    int4_moe_step,
+    int4_qkv_rotary,
+    int4_swiglu_mix,
+    stack_int4_experts,
+)
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -178,8 +185,22 @@ class MoeMlp(nn.Module):
             if config.n_shared_experts
             else None
         )
+        #: The experts' int4 weights stacked per projection (see ``stack_int4_experts``), or None.
+        self.int4_stacks: list[torch.Tensor] | None = None
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def stack_int4_experts(self) -> None:
+        """After int4 quantization: lets a decoding step run the whole layer in one kernel call."""
+        self.int4_stacks = stack_int4_experts(list(self.experts))
+
+    def forward(self, hidden_states: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """``norm`` (the layer's post-attention RMSNorm) is applied to ``hidden_states`` first."""
+        if norm is not None and self.int4_stacks is not None and hidden_states.numel() == hidden_states.shape[-1]:
+            # One token, int4: norm, router and experts in one kernel call (shared experts in its float32 sum).
+            out = int4_moe_step(hidden_states, norm, self.gate, self.int4_stacks, self.shared_experts)
+            if out is not None:
+                return out.to(hidden_states.dtype)
+        if norm is not None:
+            hidden_states = norm(hidden_states)
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
         weights, ids = self.gate(x)
@@ -251,4 +272,6 @@ class DecoderLayer(nn.Module):
         hidden_states = hidden_states + self.self_attn(
             hidden_states, rotary, attention_mask, past_key_values, norm=self.input_layernorm
         )
+        if isinstance(self.mlp, MoeMlp):
+            return hidden_states + self.mlp(hidden_states, norm=self.post_attention_layernorm)
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))

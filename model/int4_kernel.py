@@ -52,6 +52,10 @@ class Int4Kernel:
         self._swiglu_mix = library.int4_swiglu_mix
         self._swiglu_mix.restype = i32
         self._swiglu_mix.argtypes = [pointer, i32, i64, pointer, pointer, i32, i64, pointer, i32]
+        self._moe_step = library.int4_moe_step
+        self._moe_step.restype = i32
+        self._moe_step.argtypes = [pointer, i32, i64, pointer, ctypes.c_float, pointer, i64, i64, i32, ctypes.c_float,
+                                   pointer, i64, pointer, i64, pointer, i32]  # fmt: skip
         self._qkv_rotary = library.int4_qkv_rotary
         self._qkv_rotary.restype = i32
         self._qkv_rotary.argtypes = [pointer, i32, i64, pointer, ctypes.c_float, pointer, i64, i64,
@@ -118,6 +122,27 @@ class Int4Kernel:
         status = self._swiglu_mix(
             x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[-1], table_tensor.data_ptr(), weights.data_ptr(),
             len(mlps), group_size, out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return None if status else out
+
+    def moe_step(
+        self, x: torch.Tensor, norm: tuple[torch.Tensor, float], router: torch.Tensor, top_k: int, normalize: bool,
+        scaling: float, stacks: list[torch.Tensor], shared: list[torch.Tensor] | None,
+    ) -> torch.Tensor | None:  # fmt: skip
+        """A MoE layer's step for one row x (H,): norm, router, chosen and shared experts -> (H,) float32.
+
+        ``norm``: (weight, eps); ``router``: float32 (experts, H); ``stacks``: the routed experts'
+        gate, up and down packed weights and scales, each stacked (experts, ...); ``shared``: the
+        shared experts' six tensors or None. None off the VNNI path.
+        """
+        experts, intermediate = stacks[0].shape[:2]
+        addresses = torch.tensor([t.data_ptr() for t in stacks + (shared or [])], dtype=torch.int64)
+        out = torch.empty(x.shape[-1], dtype=torch.float32)
+        status = self._moe_step(
+            x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[-1], norm[0].data_ptr(), norm[1], router.data_ptr(),
+            experts, top_k, int(normalize), scaling, addresses.data_ptr(), intermediate,
+            addresses.data_ptr() + 6 * 8 if shared else None, shared[0].shape[0] if shared else 0,
+            out.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return None if status else out
 

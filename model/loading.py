@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .configuration import DeepseekOcrConfig
-from .decoder import MoeRouter
+from .decoder import MoeMlp, MoeRouter
 from .modeling import DeepseekOcrForConditionalGeneration
 from .quantization import int4_group_size, quantize_linears_int4
 
@@ -335,6 +335,10 @@ def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors, modul
     for start in range(0, len(names), modules_per_step):
         quantize_linears_int4(model, names[start : start + modules_per_step], tensors.read)
         return_freed_memory()
+    for module in model.modules():
+        if isinstance(module, MoeMlp):
+            module.stack_int4_experts()
+            return_freed_memory()
 
 
 def repack_bitsandbytes_for_cpu(model: nn.Module, modules_per_step: int = 64) -> None:

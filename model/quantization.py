@@ -123,6 +123,59 @@ def int4_swiglu_mix(x: torch.Tensor, mlps: list[nn.Module], weights: torch.Tenso
     return None if out is None else out.view(x.shape)
 
 
+def stack_int4_experts(experts: list[nn.Module]) -> list[torch.Tensor] | None:
+    """Move the int4 weights of same-shaped SwiGLU experts into one tensor per projection
+    (gate, up, down packed weights and scales, each (experts, ...)), leaving each expert's
+    :class:`Int4Linear` a view into them: the kernel then finds any expert from six addresses.
+    None (and nothing moved) unless every projection can take the fused path."""
+    names = ("gate_proj", "up_proj", "down_proj")
+    layers = [[getattr(expert, name) for expert in experts] for name in names]
+    if not all(
+        _fused_eligible(layer) and layer.packed_weight.shape == group[0].packed_weight.shape
+        for group in layers
+        for layer in group
+    ):
+        return None
+    stacks = []
+    for group in layers:
+        packed = torch.empty(len(group), *group[0].packed_weight.shape, dtype=torch.uint8)
+        scales = torch.empty(len(group), *group[0].scale_and_zero.shape, dtype=group[0].scale_and_zero.dtype)
+        for index, layer in enumerate(group):
+            packed[index], scales[index] = layer.packed_weight, layer.scale_and_zero
+            layer.packed_weight, layer.scale_and_zero = packed[index], scales[index]
+        stacks += [packed, scales]
+    return stacks
+
+
+def int4_moe_step(
+    x: torch.Tensor, norm: nn.Module, router: nn.Module, stacks: list[torch.Tensor], shared: nn.Module | None
+) -> torch.Tensor | None:
+    """A mixture-of-experts layer's decoding step for one token x in one kernel call: ``norm``
+    (its input RMSNorm), ``router`` (``weight`` float32, ``top_k``, ``norm_topk_prob``,
+    ``routed_scaling_factor``), the routed experts' ``stacks`` (:func:`stack_int4_experts`) and
+    the ``shared`` SwiGLU experts. (H,)-shaped as x, float32; None where that cannot be done."""
+    kernel = int4_kernel.load()
+    if (
+        kernel is None
+        or x.numel() != x.shape[-1]
+        or x.dtype not in (torch.float32, torch.bfloat16)
+        or norm.weight.dtype != x.dtype
+        or router.weight.dtype != torch.float32
+    ):
+        return None
+    shared_tensors = None
+    if shared is not None:
+        projections = (shared.gate_proj, shared.up_proj, shared.down_proj)
+        if not all(_fused_eligible(layer) for layer in projections):
+            return None
+        shared_tensors = [t for layer in projections for t in (layer.packed_weight, layer.scale_and_zero)]
+    out = kernel.moe_step(
+        x.contiguous(), (norm.weight.contiguous(), norm.variance_epsilon), router.weight.contiguous(), router.top_k,
+        router.norm_topk_prob, router.routed_scaling_factor, stacks, shared_tensors,
+    )  # fmt: skip
+    return None if out is None else out.view(x.shape)
+
+
 def _fused_eligible(layer: nn.Module) -> bool:
     return isinstance(layer, Int4Linear) and layer.bias is None and layer.group_size == 64
 

@@ -178,22 +178,35 @@ def test_the_fused_mixture_declines_what_it_cannot_compute():
     assert int4_swiglu_mix(x, [SwiGluMlp(128, 64)], torch.ones(1)) is None  # not int4
 
 
-def test_a_moe_layer_decodes_the_same_token_fused_or_not(monkeypatch):
+@pytest.mark.parametrize(
+    ("stacked", "normalize"),
+    [(True, False), (True, True), (False, False)],
+    ids=["whole layer", "whole layer, renormalised top-k", "experts only"],
+)
+def test_a_moe_layer_decodes_the_same_token_fused_or_not(monkeypatch, stacked, normalize):
+    """Norm + router + experts in one call (stacked experts), or the experts alone in one call."""
     torch.manual_seed(6)
     config = SimpleNamespace(
         hidden_size=128, moe_intermediate_size=64, n_routed_experts=8, n_shared_experts=2,
-        num_experts_per_tok=3, norm_topk_prob=False, routed_scaling_factor=1.0,
+        num_experts_per_tok=3, norm_topk_prob=normalize, routed_scaling_factor=1.5,
     )  # fmt: skip
     layer = MoeMlp(config)
     nn.init.normal_(layer.gate.weight, std=0.1)
+    layer.gate.weight.data = layer.gate.weight.data.float()
     names = [n for n, m in layer.named_modules() if isinstance(m, nn.Linear)]
     for name in names:
         nn.init.normal_(layer.get_submodule(name).weight, std=0.05)
     quantize_linears_int4(layer, names)
-    token = torch.randn(1, 1, 128, dtype=torch.bfloat16)
-    fused = layer(token)
+    if stacked:
+        layer.stack_int4_experts()
+        assert layer.int4_stacks is not None and layer.int4_stacks[0].shape == (8, 64, 64)
+    norm = decoder.RMSNorm(128, 1e-6).to(torch.bfloat16)
+    nn.init.normal_(norm.weight, mean=1.0, std=0.2)
+    token = (3 * torch.randn(1, 1, 128)).to(torch.bfloat16)
+    fused = layer(token, norm=norm)
+    monkeypatch.setattr(decoder, "int4_moe_step", lambda *args: None)
     monkeypatch.setattr(decoder, "int4_swiglu_mix", lambda *args: None)
-    separate = layer(token)
+    separate = layer(token, norm=norm)
     assert fused.shape == separate.shape == (1, 1, 128) and fused.dtype == torch.bfloat16
     assert not torch.equal(fused, separate)  # the kernel ran: it rounds differently
     assert (fused.float() - separate.float()).norm() / separate.float().norm() < 0.02

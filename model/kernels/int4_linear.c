@@ -374,6 +374,52 @@ static inline __m512 exp512(__m512 x) {
 }
 #endif
 
+#if HAVE_VNNI512
+// int4_swiglu_mix's work once x is quantized: all gate and up rows, silu(gate) * up in
+// float32, the hidden rows quantized, all down rows, and the weighted sum.
+static int swiglu_mix_quantized(const Activations *input, int64_t H, const int64_t *table, const float *weights,
+                                int count, float *out, int threads) {
+    int64_t width = 0;
+    for (int e = 0; e < count; e++) width += table[7 * e + 6];
+    Activations *hidden = calloc((size_t)count, sizeof(Activations));
+    Product *products = calloc((size_t)(2 * count), sizeof(Product));
+    float *gate_up = malloc(sizeof(float) * (size_t)(2 * width)), *down = malloc(sizeof(float) * (size_t)(count * H));
+    int status = hidden && products && gate_up && down ? 0 : -1;
+    if (!status) {
+        for (int64_t e = 0, offset = 0; e < count; offset += table[7 * e + 6], e++) {
+            const int64_t *t = table + 7 * e;
+            products[e] = (Product){input, H, t[6], (const uint8_t *)t[0], (const uint16_t *)t[1], gate_up + offset};
+            products[count + e] =
+                (Product){input, H, t[6], (const uint8_t *)t[2], (const uint16_t *)t[3], gate_up + width + offset};
+        }
+        status = run_products(products, 2 * count, 0, threads);
+    }
+    if (!status) {
+        for (int64_t i = 0; i < width; i += 16) {  // silu(gate) * up, into the gate half
+            const __m512 g = _mm512_loadu_ps(gate_up + i), u = _mm512_loadu_ps(gate_up + width + i);
+            const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+            _mm512_storeu_ps(gate_up + i, _mm512_mul_ps(silu, u));
+        }
+        for (int64_t e = 0, offset = 0; e < count && !status; offset += table[7 * e + 6], e++) {
+            const int64_t *t = table + 7 * e;
+            status = allocate(&hidden[e], 1, t[6], 64);
+            if (status) break;
+            quantize_activations(gate_up + offset, 0, 1, t[6], 64, 0, &hidden[e]);
+            products[e] = (Product){&hidden[e], t[6], H, (const uint8_t *)t[4], (const uint16_t *)t[5], down + e * H};
+        }
+    }
+    if (!status) status = run_products(products, count, 0, threads);
+    if (!status) {
+        for (int64_t h = 0; h < H; h++) out[h] = 0.f;
+        for (int e = 0; e < count; e++)
+            for (int64_t h = 0; h < H; h++) out[h] += weights[e] * down[e * H + h];
+    }
+    for (int e = 0; hidden && e < count; e++) release(&hidden[e]);
+    free(hidden), free(products), free(gate_up), free(down);
+    return status;
+}
+#endif
+
 // Several one-row products in one parallel region. A decoding step's expert projections are
 // 0.6 MB each: one call apiece, two threads spend much of each call starting and stopping
 // their streams from memory. `table` holds, per product, six int64: the address of x (1, K),
@@ -427,52 +473,82 @@ int int4_linear_many(const int64_t *table, int count, int64_t G, int x_bf16, int
 int int4_swiglu_mix(const void *x, int x_bf16, int64_t H, const int64_t *table, const float *weights, int count,
                     int64_t G, float *out, int threads) {
     if (count <= 0 || !vnni_path(G, 0) || H % G) return -1;
-    int64_t width = 0;
-    for (int e = 0; e < count; e++) {
+    for (int e = 0; e < count; e++)
         if (table[7 * e + 6] % G) return -1;
-        width += table[7 * e + 6];
-    }
 #if HAVE_VNNI512
-    Activations input = {0}, *hidden = calloc((size_t)count, sizeof(Activations));
-    Product *products = calloc((size_t)(2 * count), sizeof(Product));
-    float *gate_up = malloc(sizeof(float) * (size_t)(2 * width)), *down = malloc(sizeof(float) * (size_t)(count * H));
-    int status = hidden && products && gate_up && down ? allocate(&input, 1, H, G) : -1;
+    Activations input = {0};
+    int status = allocate(&input, 1, H, 64);
     if (!status) {
-        quantize_activations(x, x_bf16, 1, H, G, 0, &input);
-        for (int64_t e = 0, offset = 0; e < count; offset += table[7 * e + 6], e++) {
-            const int64_t *t = table + 7 * e;
-            products[e] = (Product){&input, H, t[6], (const uint8_t *)t[0], (const uint16_t *)t[1], gate_up + offset};
-            products[count + e] =
-                (Product){&input, H, t[6], (const uint8_t *)t[2], (const uint16_t *)t[3], gate_up + width + offset};
-        }
-        status = run_products(products, 2 * count, 0, threads);
-    }
-    if (!status) {
-        for (int64_t i = 0; i < width; i += 16) {  // silu(gate) * up, into the gate half
-            const __m512 g = _mm512_loadu_ps(gate_up + i), u = _mm512_loadu_ps(gate_up + width + i);
-            const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-            _mm512_storeu_ps(gate_up + i, _mm512_mul_ps(silu, u));
-        }
-        for (int64_t e = 0, offset = 0; e < count && !status; offset += table[7 * e + 6], e++) {
-            const int64_t *t = table + 7 * e;
-            status = allocate(&hidden[e], 1, t[6], G);
-            if (status) break;
-            quantize_activations(gate_up + offset, 0, 1, t[6], G, 0, &hidden[e]);
-            products[e] = (Product){&hidden[e], t[6], H, (const uint8_t *)t[4], (const uint16_t *)t[5], down + e * H};
-        }
-    }
-    if (!status) status = run_products(products, count, 0, threads);
-    if (!status) {
-        for (int64_t h = 0; h < H; h++) out[h] = 0.f;
-        for (int e = 0; e < count; e++)
-            for (int64_t h = 0; h < H; h++) out[h] += weights[e] * down[e * H + h];
+        quantize_activations(x, x_bf16, 1, H, 64, 0, &input);
+        status = swiglu_mix_quantized(&input, H, table, weights, count, out, threads);
     }
     release(&input);
-    for (int e = 0; hidden && e < count; e++) release(&hidden[e]);
-    free(hidden), free(products), free(gate_up), free(down);
     return status;
 #else
     (void)x, (void)x_bf16, (void)weights, (void)out, (void)threads;
+    return -1;
+#endif
+}
+
+// A mixture-of-experts layer's whole decoding step for one token: its input RMSNorm (weight
+// in x's dtype), the router (float32 (experts, H) weight, softmax, greedy top-k, optionally
+// renormalised, times `scaling`), the chosen experts and the shared experts (weight 1):
+//   out (H,) float32 = sum_chosen w_e expert_e(n) + shared(n),   n = norm(x)
+// The routed experts' weights are stacked: `stacks` holds the addresses of gate, up and down
+// packed weights and scales, each (experts, ...) contiguous, with intermediate width I;
+// `shared` the six addresses of the shared experts' (intermediate width shared_I), or NULL.
+// Returns -1 where int4_swiglu_mix would, or for more than 64 experts or top_k above 16.
+int int4_moe_step(const void *x, int x_bf16, int64_t H, const void *norm_weight, float eps, const float *router,
+                  int64_t experts, int64_t top_k, int normalize, float scaling, const int64_t *stacks, int64_t I,
+                  const int64_t *shared, int64_t shared_I, float *out, int threads) {
+    if (!vnni_path(64, 0) || H % 64 || I % 64 || shared_I % 64 || experts > 64 || top_k > 16 || top_k > experts)
+        return -1;
+#if HAVE_VNNI512
+    float normed[H], probability[64], chosen_weight[17];
+    int64_t table[7 * 17];
+    rms_norm(x, x_bf16, H, norm_weight, eps, normed);
+    float top = -INFINITY, total = 0.f;
+    for (int64_t e = 0; e < experts; e++) {
+        __m512 dot = _mm512_setzero_ps();
+        for (int64_t h = 0; h < H; h += 16)
+            dot = _mm512_fmadd_ps(_mm512_loadu_ps(router + e * H + h), _mm512_loadu_ps(normed + h), dot);
+        probability[e] = _mm512_reduce_add_ps(dot);
+        top = fmaxf(top, probability[e]);
+    }
+    for (int64_t e = 0; e < experts; e++) total += probability[e] = expf(probability[e] - top);
+    float chosen_total = 0.f;
+    for (int64_t k = 0; k < top_k; k++) {  // greedy top-k, the first of equal scores first
+        int64_t best = -1;
+        for (int64_t e = 0; e < experts; e++)
+            if (probability[e] >= 0.f && (best < 0 || probability[e] > probability[best])) best = e;
+        chosen_weight[k] = probability[best] / total;
+        chosen_total += chosen_weight[k];
+        probability[best] = -1.f;
+        const int64_t gate_up_bytes = I * H / 2, gate_up_scales = I * (H / 64) * 2;
+        const int64_t down_bytes = H * I / 2, down_scales = H * (I / 64) * 2;
+        const int64_t offsets[6] = {gate_up_bytes, gate_up_scales * 2, gate_up_bytes, gate_up_scales * 2, down_bytes, down_scales * 2};
+        for (int j = 0; j < 6; j++) table[7 * k + j] = stacks[j] + best * offsets[j];  // byte offsets
+        table[7 * k + 6] = I;
+    }
+    for (int64_t k = 0; k < top_k; k++)
+        chosen_weight[k] = (normalize ? chosen_weight[k] / (chosen_total + 1e-20f) : chosen_weight[k]) * scaling;
+    int count = (int)top_k;
+    if (shared) {
+        for (int j = 0; j < 6; j++) table[7 * count + j] = shared[j];
+        table[7 * count + 6] = shared_I;
+        chosen_weight[count++] = 1.f;
+    }
+    Activations input = {0};
+    int status = allocate(&input, 1, H, 64);
+    if (!status) {
+        quantize_activations(normed, 0, 1, H, 64, 0, &input);
+        status = swiglu_mix_quantized(&input, H, table, chosen_weight, count, out, threads);
+    }
+    release(&input);
+    return status;
+#else
+    (void)x, (void)x_bf16, (void)norm_weight, (void)eps, (void)router, (void)normalize, (void)scaling, (void)stacks;
+    (void)shared, (void)out, (void)threads;
     return -1;
 #endif
 }
