@@ -42,6 +42,8 @@ class Int4Kernel:
 
     def __init__(self, library: ctypes.CDLL):
         self.library = library
+        #: False where the CPU lacks AVX-512 VNNI: only the portable loops, and no fused decoding steps.
+        self.vnni = bool(library.int4_has_vnni())
         pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         self._linear = library.int4_linear
         self._linear.restype = i32
@@ -191,17 +193,33 @@ class Int4Kernel:
         return weight
 
 
+#: Why :func:`load` returned None, for ``docconv doctor``.
+unavailable_reason: str | None = None
+
+
 @functools.cache
 def load() -> Int4Kernel | None:
     """The kernel for this machine, built on first use; None where it cannot be built or is switched off."""
+    global unavailable_reason
     if os.environ.get(ENV_SWITCH, "1") == "0":
+        unavailable_reason = f"switched off ({ENV_SWITCH}=0)"
         return None
     try:
         return Int4Kernel(ctypes.CDLL(str(_build())))
     except (OSError, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", "") or str(error)
-        logger.warning("int4 kernel could not be built (%s); int4 falls back to slower torch code", detail.strip()[:300])
+        detail = (getattr(error, "stderr", "") or str(error)).strip()[:300]
+        unavailable_reason = f"could not be built ({detail})"
+        logger.warning("int4 kernel %s; int4 falls back to slower torch code", unavailable_reason)
         return None
+
+
+def describe() -> str:
+    """One line on the kernel for this machine (builds it if needed)."""
+    kernel = load()
+    if kernel is None:
+        return f"not available: {unavailable_reason}; --quant int4 uses slower torch code"
+    path = "AVX-512 VNNI" if kernel.vnni else "portable C only (no AVX-512 VNNI: --quant int4 is slower)"
+    return f"built, {path} ({kernel.library._name})"
 
 
 def _build() -> Path:

@@ -20,6 +20,13 @@ Longer inputs (prefill) unpack the weight to bfloat16 and use torch's matmul, wh
 compute is better spent. PyTorch ships an int4 CPU kernel too
 (``aten::_weight_int4pack_mm_for_cpu``, what torchao wraps); it converts every weight to float
 before its multiply-add and is compute-bound at batch 1, 1.5-2x slower than this one.
+
+Decoding one token at batch 1, the decoder runs whole layers in the kernel where it can
+(:func:`int4_qkv_rotary` and :func:`int4_attend_project` for attention, :func:`int4_moe_step`
+for a MoE layer on experts stacked by :func:`stack_int4_experts`): after each weight stream the
+caches are cold, and the ~30 small torch operations a layer would otherwise run cost more than
+its weights take to read. Each of these returns None where it does not apply, and the caller
+takes the torch path.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bitsandbytes 8-bit and 4-bit (nf4), and int4 on PyTorch's kernel, on CPU against the float32 fixtures.
+"""bitsandbytes 8-bit and 4-bit (nf4), and int4 on docconv's kernel, on CPU against the float32 fixtures.
 
 Guards the agreement measured when quantization landed (docs/benchmarks.md, "Quantization
 accuracy"): next-token logits cosine similarity with float32 and the first greedy tokens.

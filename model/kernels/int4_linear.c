@@ -15,8 +15,13 @@
 // group's min as zero), and the zero term uses the exact float sum of the activations:
 //   sum_i w_i x_i = scale * sx * (sum_i q_i xq_i - 8 sum_i xq_i) + zero * sum_i x_i
 //
+// Entry points: int4_linear (any rows), int4_linear_many (several one-row products in one
+// parallel region), and whole decoding steps of one token: int4_qkv_rotary and
+// int4_attend_project (an attention layer), int4_swiglu_mix and int4_moe_step (a MoE layer).
+//
 // Built at first use with the machine's C compiler (-march=native); without AVX-512 VNNI, or
-// for groups of 32, the portable loops below compute the same integer sums.
+// for groups of 32, the portable loops below compute the same integer sums (the whole-step
+// entry points then return -1 and the caller uses torch).
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -678,6 +683,9 @@ int int4_attend_project(const void *q, const void *keys, const void *values, int
     return -1;
 #endif
 }
+
+// 1 where this build has the AVX-512 VNNI path (the fast one), 0 where only the portable loops.
+int int4_has_vnni(void) { return HAVE_VNNI512; }
 
 // The weight back as bf16 (N, K): for prefill-sized batches, where a bf16 matmul wins.
 void int4_dequantize(const uint8_t *packed, const uint16_t *scales, int64_t N, int64_t K, int64_t G,
