@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -243,3 +246,22 @@ def test_attention_decodes_the_same_fused_or_not(monkeypatch, dtype):
     assert fused.shape == separate.shape == (1, 1, 128) and fused.dtype == dtype
     assert not torch.equal(fused, separate)  # the kernel ran: it rounds differently
     assert (fused.float() - separate.float()).norm() / separate.float().norm() < 0.02
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_a_build_for_a_cpu_without_vnni_computes_the_same_products(tmp_path):
+    """What a machine without AVX-512 VNNI compiles: the portable loops, and no whole-step paths."""
+    library = tmp_path / "portable.so"
+    subprocess.run(
+        ["cc", "-O2", "-fopenmp", "-fPIC", "-shared", "-o", str(library), str(int4_kernel.SOURCE), "-lm"], check=True
+    )
+    portable = int4_kernel.Int4Kernel(ctypes.CDLL(str(library)))
+    assert not portable.vnni
+    torch.manual_seed(8)
+    layer = quantized_copy(nn.Linear(256, 72, bias=False))
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    out = portable.linear(x, layer.packed_weight, layer.scale_and_zero, 64)
+    torch.testing.assert_close(out, int4_kernel.load().linear(x, layer.packed_weight, layer.scale_and_zero, 64), atol=1e-2, rtol=1e-2)
+    mlp = int4_mlp(128, 64)
+    tensors = [t for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj) for t in (p.packed_weight, p.scale_and_zero)]
+    assert portable.swiglu_mix(torch.randn(128), [tuple(tensors)], torch.ones(1), 64) is None
