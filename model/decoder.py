@@ -23,7 +23,6 @@ from .quantization import (
     int4_linear_many,
     int4_moe_step,
     int4_qkv_rotary,
-    int4_swiglu_mix,
     stack_int4_experts,
 )
 
@@ -234,11 +233,6 @@ class MoeMlp(nn.Module):
         mlps = [self.experts[expert_id] for expert_id in ids]
         if self.shared_experts is not None:
             mlps.append(self.shared_experts)
-            mixed = int4_swiglu_mix(hidden_states, mlps, torch.cat([weights, weights.new_ones(1)]))
-        else:
-            mixed = int4_swiglu_mix(hidden_states, mlps, weights)
-        if mixed is not None:  # int4: the whole layer in one kernel call, shared experts in the float32 sum
-            return mixed.to(hidden_states.dtype)
         projected = linear_many(
             [(mlp.gate_proj, hidden_states) for mlp in mlps] + [(mlp.up_proj, hidden_states) for mlp in mlps]
         )

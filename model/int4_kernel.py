@@ -51,9 +51,6 @@ class Int4Kernel:
         self._linear_many = library.int4_linear_many
         self._linear_many.restype = i32
         self._linear_many.argtypes = [pointer, i32, i64, i32, i32, i32, i32]
-        self._swiglu_mix = library.int4_swiglu_mix
-        self._swiglu_mix.restype = i32
-        self._swiglu_mix.argtypes = [pointer, i32, i64, pointer, pointer, i32, i64, pointer, i32]
         self._moe_step = library.int4_moe_step
         self._moe_step.restype = i32
         self._moe_step.argtypes = [pointer, i32, i64, pointer, ctypes.c_float, pointer, i64, i64, i32, ctypes.c_float,
@@ -106,26 +103,6 @@ class Int4Kernel:
         if status:
             raise ValueError(f"int4 kernel refused {len(products)} products with groups of {group_size}")
         return list(out.split(sizes))
-
-    def swiglu_mix(
-        self, x: torch.Tensor, mlps: list[tuple[torch.Tensor, ...]], weights: torch.Tensor, group_size: int
-    ) -> torch.Tensor | None:
-        """sum_e weights[e] * down_e(silu(gate_e(x)) * up_e(x)) as (H,) float32, for one row x (H,).
-
-        ``mlps`` holds per MLP the packed weights and scales of gate, up and down (six tensors).
-        None where the kernel's VNNI path does not apply.
-        """
-        table = []
-        for tensors in mlps:
-            table += [tensor.data_ptr() for tensor in tensors] + [tensors[0].shape[0]]
-        table_tensor = torch.tensor(table, dtype=torch.int64)
-        weights = weights.to(torch.float32).contiguous()
-        out = torch.empty(x.shape[-1], dtype=torch.float32)
-        status = self._swiglu_mix(
-            x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[-1], table_tensor.data_ptr(), weights.data_ptr(),
-            len(mlps), group_size, out.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
-        return None if status else out
 
     def moe_step(
         self, x: torch.Tensor, norm: tuple[torch.Tensor, float], router: torch.Tensor, top_k: int, normalize: bool,

@@ -111,25 +111,6 @@ def int4_linear_many(pairs: list[tuple[nn.Module, torch.Tensor]]) -> list[torch.
     return [out.view(*x.shape[:-1], -1) for out, (_, x) in zip(outs, pairs, strict=True)]
 
 
-def int4_swiglu_mix(x: torch.Tensor, mlps: list[nn.Module], weights: torch.Tensor) -> torch.Tensor | None:
-    """``sum_e weights[e] * mlp_e(x)`` over SwiGLU MLPs (``gate_proj``, ``up_proj``, ``down_proj``)
-    for one row x, as float32 of x's shape, in one kernel call; None where that cannot be done
-    (a projection that is not a bias-free :class:`Int4Linear` with groups of 64, more than one
-    row, no kernel or no VNNI). The hidden activations stay float32 inside the kernel.
-    """
-    kernel = int4_kernel.load()
-    if kernel is None or x.numel() != x.shape[-1] or x.dtype not in (torch.float32, torch.bfloat16):
-        return None
-    tensors = []
-    for mlp in mlps:
-        projections = (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-        if not all(isinstance(p, Int4Linear) and p.bias is None and p.group_size == 64 for p in projections):
-            return None
-        tensors.append(tuple(t for p in projections for t in (p.packed_weight, p.scale_and_zero)))
-    out = kernel.swiglu_mix(x.contiguous(), tensors, weights, 64)
-    return None if out is None else out.view(x.shape)
-
-
 def stack_int4_experts(experts: list[nn.Module]) -> list[torch.Tensor] | None:
     """Move the int4 weights of same-shaped SwiGLU experts into one tensor per projection
     (gate, up, down packed weights and scales, each (experts, ...)), leaving each expert's
@@ -193,8 +174,9 @@ def int4_qkv_rotary(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:  # fmt: skip
     """An attention layer's q, k, v for one token x, after its input RMSNorm (``norm``: a module
     with ``weight`` and ``variance_epsilon``, or None) and with rotary applied to q and k, in one
-    kernel call (each (width,) in x's dtype); None where that cannot be done (see
-    :func:`int4_swiglu_mix`)."""
+    kernel call (each (width,) in x's dtype); None where that cannot be done (a projection that
+    is not a bias-free :class:`Int4Linear` with groups of 64, more than one row, no kernel or no
+    VNNI)."""
     kernel = int4_kernel.load()
     if (
         kernel is None

@@ -21,8 +21,8 @@ from deepseek_ocr.quantization import (
     dequantize_int4,
     int4_group_size,
     int4_linear_many,
-    int4_swiglu_mix,
     quantize_linears_int4,
+    stack_int4_experts,
 )
 
 
@@ -159,35 +159,22 @@ def int4_mlp(hidden: int, intermediate: int) -> SwiGluMlp:
     return mlp
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_fused_expert_mixture_matches_the_weighted_sum_of_its_mlps(dtype):
-    """A MoE layer's decoding step in one call: routed experts weighted, shared experts at 1."""
-    torch.manual_seed(5)
-    mlps = [int4_mlp(128, 64) for _ in range(3)] + [int4_mlp(128, 128)]
-    weights = torch.tensor([0.5, 0.3, 0.2, 1.0])
-    x = torch.randn(1, 1, 128).to(dtype)
-    mixed = int4_swiglu_mix(x, mlps, weights)
-    assert mixed.shape == (1, 1, 128) and mixed.dtype == torch.float32
-    expected = sum(weight * mlp(x).float() for weight, mlp in zip(weights.tolist(), mlps, strict=True))
-    # The hidden activations stay float32 in the kernel (bfloat16 between the separate products).
-    error = (mixed - expected).norm() / expected.norm()
-    assert error < 0.02, error
+def test_experts_stack_only_when_every_projection_can_take_the_fused_path():
+    assert stack_int4_experts([int4_mlp(128, 32), int4_mlp(128, 32)]) is None  # down_proj in groups of 32
+    assert stack_int4_experts([int4_mlp(128, 64), int4_mlp(128, 128)]) is None  # shapes differ
+    assert stack_int4_experts([SwiGluMlp(128, 64)]) is None  # not int4
+    experts = [int4_mlp(128, 64) for _ in range(3)]
+    before = [mlp.up_proj.packed_weight.clone() for mlp in experts]
+    stacks = stack_int4_experts(experts)
+    assert [t.shape[0] for t in stacks] == [3] * 6
+    for index, mlp in enumerate(experts):  # each expert now reads its slice of the stack
+        assert torch.equal(mlp.up_proj.packed_weight, before[index])
+        assert mlp.up_proj.packed_weight.data_ptr() == stacks[2][index].data_ptr()
 
 
-def test_the_fused_mixture_declines_what_it_cannot_compute():
-    x = torch.randn(1, 128)
-    assert int4_swiglu_mix(x, [int4_mlp(128, 32)], torch.ones(1)) is None  # groups of 32
-    assert int4_swiglu_mix(torch.randn(2, 128), [int4_mlp(128, 64)], torch.ones(1)) is None  # two rows
-    assert int4_swiglu_mix(x, [SwiGluMlp(128, 64)], torch.ones(1)) is None  # not int4
-
-
-@pytest.mark.parametrize(
-    ("stacked", "normalize"),
-    [(True, False), (True, True), (False, False)],
-    ids=["whole layer", "whole layer, renormalised top-k", "experts only"],
-)
-def test_a_moe_layer_decodes_the_same_token_fused_or_not(monkeypatch, stacked, normalize):
-    """Norm + router + experts in one call (stacked experts), or the experts alone in one call."""
+@pytest.mark.parametrize("normalize", [False, True], ids=["top-k as routed", "top-k renormalised"])
+def test_a_moe_layer_decodes_the_same_token_fused_or_not(monkeypatch, normalize):
+    """Norm + router + routed and shared experts in one call, against the torch path."""
     torch.manual_seed(6)
     config = SimpleNamespace(
         hidden_size=128, moe_intermediate_size=64, n_routed_experts=8, n_shared_experts=2,
@@ -200,15 +187,13 @@ def test_a_moe_layer_decodes_the_same_token_fused_or_not(monkeypatch, stacked, n
     for name in names:
         nn.init.normal_(layer.get_submodule(name).weight, std=0.05)
     quantize_linears_int4(layer, names)
-    if stacked:
-        layer.stack_int4_experts()
-        assert layer.int4_stacks is not None and layer.int4_stacks[0].shape == (8, 64, 64)
+    layer.stack_int4_experts()
+    assert layer.int4_stacks is not None and layer.int4_stacks[0].shape == (8, 64, 64)
     norm = decoder.RMSNorm(128, 1e-6).to(torch.bfloat16)
     nn.init.normal_(norm.weight, mean=1.0, std=0.2)
     token = (3 * torch.randn(1, 1, 128)).to(torch.bfloat16)
     fused = layer(token, norm=norm)
     monkeypatch.setattr(decoder, "int4_moe_step", lambda *args: None)
-    monkeypatch.setattr(decoder, "int4_swiglu_mix", lambda *args: None)
     separate = layer(token, norm=norm)
     assert fused.shape == separate.shape == (1, 1, 128) and fused.dtype == torch.bfloat16
     assert not torch.equal(fused, separate)  # the kernel ran: it rounds differently
@@ -262,6 +247,6 @@ def test_a_build_for_a_cpu_without_vnni_computes_the_same_products(tmp_path):
     x = torch.randn(3, 256, dtype=torch.bfloat16)
     out = portable.linear(x, layer.packed_weight, layer.scale_and_zero, 64)
     torch.testing.assert_close(out, int4_kernel.load().linear(x, layer.packed_weight, layer.scale_and_zero, 64), atol=1e-2, rtol=1e-2)
-    mlp = int4_mlp(128, 64)
-    tensors = [t for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj) for t in (p.packed_weight, p.scale_and_zero)]
-    assert portable.swiglu_mix(torch.randn(128), [tuple(tensors)], torch.ones(1), 64) is None
+    stacks = stack_int4_experts([int4_mlp(128, 64) for _ in range(4)])
+    norm = (torch.ones(128), 1e-6)
+    assert portable.moe_step(torch.randn(128), norm, torch.randn(4, 128), 2, False, 1.0, stacks, None) is None

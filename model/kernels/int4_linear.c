@@ -17,7 +17,7 @@
 //
 // Entry points: int4_linear (any rows), int4_linear_many (several one-row products in one
 // parallel region), and whole decoding steps of one token: int4_qkv_rotary and
-// int4_attend_project (an attention layer), int4_swiglu_mix and int4_moe_step (a MoE layer).
+// int4_attend_project (an attention layer) and int4_moe_step (a MoE layer).
 //
 // Built at first use with the machine's C compiler (-march=native); without AVX-512 VNNI, or
 // for groups of 32, the portable loops below compute the same integer sums (the whole-step
@@ -380,8 +380,12 @@ static inline __m512 exp512(__m512 x) {
 #endif
 
 #if HAVE_VNNI512
-// int4_swiglu_mix's work once x is quantized: all gate and up rows, silu(gate) * up in
-// float32, the hidden rows quantized, all down rows, and the weighted sum.
+// A weighted sum of int4 SwiGLU MLPs for one quantized row x:
+//   out (H,) float32 = sum_e weight_e * down_e(silu(gate_e(x)) * up_e(x))
+// Two parallel regions (all gate and up rows, then all down rows); the hidden activations
+// stay float32 until they are quantized for the down products. `table` holds, per MLP, seven
+// int64: the addresses of the gate, up and down packed weights and scales (in that order,
+// pairs), and its intermediate width.
 static int swiglu_mix_quantized(const Activations *input, int64_t H, const int64_t *table, const float *weights,
                                 int count, float *out, int threads) {
     int64_t width = 0;
@@ -467,34 +471,6 @@ int int4_linear_many(const int64_t *table, int count, int64_t G, int x_bf16, int
 #endif
 }
 
-// One token through a weighted sum of int4 SwiGLU MLPs: a mixture-of-experts layer's decoding
-// step (the routed experts with their router weights, the shared experts with weight 1):
-//   out (H,) float32 = sum_e weight_e * down_e(silu(gate_e(x)) * up_e(x))
-// Two parallel regions (all gate and up rows, then all down rows) instead of ~30 small torch
-// operations and two product calls, whose fixed costs added up to ~0.2 ms a layer. `table`
-// holds, per MLP, seven int64: the addresses of the gate, up and down packed weights and
-// scales (in that order, pairs), and its intermediate width. Groups of 64 on the VNNI path
-// only; returns -1 otherwise, or when memory cannot be had (the caller uses separate products).
-int int4_swiglu_mix(const void *x, int x_bf16, int64_t H, const int64_t *table, const float *weights, int count,
-                    int64_t G, float *out, int threads) {
-    if (count <= 0 || !vnni_path(G, 0) || H % G) return -1;
-    for (int e = 0; e < count; e++)
-        if (table[7 * e + 6] % G) return -1;
-#if HAVE_VNNI512
-    Activations input = {0};
-    int status = allocate(&input, 1, H, 64);
-    if (!status) {
-        quantize_activations(x, x_bf16, 1, H, 64, 0, &input);
-        status = swiglu_mix_quantized(&input, H, table, weights, count, out, threads);
-    }
-    release(&input);
-    return status;
-#else
-    (void)x, (void)x_bf16, (void)weights, (void)out, (void)threads;
-    return -1;
-#endif
-}
-
 // A mixture-of-experts layer's whole decoding step for one token: its input RMSNorm (weight
 // in x's dtype), the router (float32 (experts, H) weight, softmax, greedy top-k, optionally
 // renormalised, times `scaling`), the chosen experts and the shared experts (weight 1):
@@ -502,7 +478,8 @@ int int4_swiglu_mix(const void *x, int x_bf16, int64_t H, const int64_t *table, 
 // The routed experts' weights are stacked: `stacks` holds the addresses of gate, up and down
 // packed weights and scales, each (experts, ...) contiguous, with intermediate width I;
 // `shared` the six addresses of the shared experts' (intermediate width shared_I), or NULL.
-// Returns -1 where int4_swiglu_mix would, or for more than 64 experts or top_k above 16.
+// Returns -1 off the VNNI path, for widths not multiples of 64, more than 64 experts, top_k
+// above 16, or without memory (the caller then computes the layer with torch).
 int int4_moe_step(const void *x, int x_bf16, int64_t H, const void *norm_weight, float eps, const float *router,
                   int64_t experts, int64_t top_k, int normalize, float scaling, const int64_t *stacks, int64_t I,
                   const int64_t *shared, int64_t shared_I, float *out, int threads) {
