@@ -7,8 +7,8 @@ without torch's headers it builds in a second instead of a minute, and ctypes' c
 ~1.5 us. Linking ``-fopenmp`` resolves to the ``libgomp.so.1`` torch has already loaded, so
 the kernel shares torch's thread pool instead of starting a second one.
 
-Where no compiler works, :func:`load` returns None and :mod:`.quantization` falls back to
-unpacking the weight with torch operations (correct, several times slower).
+Where no compiler works, :func:`load` returns None; without a compiler or without AVX-512 VNNI,
+:mod:`.quantization` repacks the weights for PyTorch's own int4 kernel (about half as fast).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def load() -> Int4Kernel | None:
     except (OSError, subprocess.CalledProcessError) as error:
         detail = (getattr(error, "stderr", "") or str(error)).strip()[:300]
         unavailable_reason = f"could not be built ({detail})"
-        logger.warning("int4 kernel %s; int4 falls back to slower torch code", unavailable_reason)
+        logger.warning("int4 kernel %s; int4 uses PyTorch's slower int4 kernel", unavailable_reason)
         return None
 
 
@@ -194,8 +194,8 @@ def describe() -> str:
     """One line on the kernel for this machine (builds it if needed)."""
     kernel = load()
     if kernel is None:
-        return f"not available: {unavailable_reason}; --quant int4 uses slower torch code"
-    path = "AVX-512 VNNI" if kernel.vnni else "portable C only (no AVX-512 VNNI: --quant int4 is slower)"
+        return f"not available: {unavailable_reason}; --quant int4 uses PyTorch's int4 kernel (about half as fast)"
+    path = "AVX-512 VNNI" if kernel.vnni else "no AVX-512 VNNI: --quant int4 uses PyTorch's int4 kernel (about half as fast)"
     return f"built, {path} ({kernel.library._name})"
 
 

@@ -63,11 +63,17 @@ class Int4Linear(nn.Module):
         self.register_buffer("packed_weight", torch.empty(0, dtype=torch.uint8))  # (out, in/2)
         self.register_buffer("scale_and_zero", torch.empty(0, dtype=torch.bfloat16))  # (out, in/group, 2)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        #: True once repacked for PyTorch's kernel (:meth:`use_pytorch_kernel`).
+        self.pytorch_layout = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         kernel = int4_kernel.load()
-        if kernel is not None and rows.shape[0] <= KERNEL_MAX_ROWS and rows.dtype in (torch.float32, torch.bfloat16):
+        if self.pytorch_layout:  # vectorized for bfloat16 activations only
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                rows.to(torch.bfloat16).contiguous(), self.packed_weight, self.group_size, self.scale_and_zero
+            ).to(rows.dtype)
+        elif kernel is not None and rows.shape[0] <= KERNEL_MAX_ROWS and rows.dtype in (torch.float32, torch.bfloat16):
             out = kernel.linear(rows.contiguous(), self.packed_weight, self.scale_and_zero, self.group_size)
         else:
             out = functional.linear(rows, self.dequantized_weight().to(rows.dtype))
@@ -77,10 +83,30 @@ class Int4Linear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The (out, in) bfloat16 weight this layer computes with."""
+        if self.pytorch_layout:
+            eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                eye, self.packed_weight, self.group_size, self.scale_and_zero
+            ).T.contiguous()
         kernel = int4_kernel.load()
         if kernel is not None:
             return kernel.dequantize(self.packed_weight, self.scale_and_zero, self.group_size)
         return dequantize_int4(self.packed_weight, self.scale_and_zero, self.group_size)
+
+    def use_pytorch_kernel(self) -> None:
+        """Repack the same 4-bit values for ``aten::_weight_int4pack_mm_for_cpu``.
+
+        Where the C kernel has no AVX-512 VNNI path (or no compiler built it), PyTorch's int4
+        kernel, vectorized for AVX2, AVX-512 and NEON, is the faster product: 32 us against the
+        portable C loops' 66 us for an 896 x 1,280 weight (AVX2 build, 2 threads). Its convention
+        is ours, w = (q - 8) * scale + zero; it packs output rows in blocks of 16.
+        """
+        groups = self.in_features // self.group_size
+        nibbles = self.packed_weight.reshape(self.out_features, groups, self.group_size // 2)
+        q = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).reshape(self.out_features, self.in_features)
+        self.packed_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        self.scale_and_zero = self.scale_and_zero.transpose(0, 1).contiguous()  # (in/group, out, 2)
+        self.pytorch_layout = True
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
@@ -99,6 +125,7 @@ def int4_linear_many(pairs: list[tuple[nn.Module, torch.Tensor]]) -> list[torch.
     for layer, x in pairs:
         if not (
             isinstance(layer, Int4Linear)
+            and not layer.pytorch_layout
             and layer.bias is None
             and layer.group_size == first_layer.group_size
             and x.numel() == layer.in_features
@@ -165,7 +192,9 @@ def int4_moe_step(
 
 
 def _fused_eligible(layer: nn.Module) -> bool:
-    return isinstance(layer, Int4Linear) and layer.bias is None and layer.group_size == 64
+    return (
+        isinstance(layer, Int4Linear) and not layer.pytorch_layout and layer.bias is None and layer.group_size == 64
+    )
 
 
 def int4_qkv_rotary(
@@ -255,6 +284,8 @@ def quantize_linears_int4(
     ``read_weight(parameter_name)`` supplies each float weight (for example straight from the
     checkpoint file, so the full-precision model is never resident); by default the module's own.
     """
+    kernel = int4_kernel.load()
+    pytorch_is_faster = kernel is None or not kernel.vnni
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -262,4 +293,6 @@ def quantize_linears_int4(
         weight = read_weight(f"{name}.weight") if read_weight else linear.weight.detach()
         module = Int4Linear(linear.in_features, linear.out_features, int4_group_size(linear), linear.bias)
         module.packed_weight, module.scale_and_zero = quantize_int4(weight, module.group_size)
+        if pytorch_is_faster and module.out_features % 16 == 0:
+            module.use_pytorch_kernel()
         setattr(parent, child, module)

@@ -37,7 +37,7 @@ def test_report_names_versions_accelerators_and_the_cache(isolated: Path) -> Non
     assert "bitsandbytes" in report and "flash-attn" in report
     # gcc is on this machine kind, so the kernel builds; which path depends on the CPU.
     vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
-    assert report["int4 kernel"].startswith("built, AVX-512 VNNI" if vnni else "built, portable C only")
+    assert report["int4 kernel"].startswith("built, AVX-512 VNNI" if vnni else "built, no AVX-512 VNNI")
     assert report["config file"].endswith("(not created; defaults apply)")
 
 

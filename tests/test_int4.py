@@ -250,3 +250,25 @@ def test_a_build_for_a_cpu_without_vnni_computes_the_same_products(tmp_path):
     stacks = stack_int4_experts([int4_mlp(128, 64) for _ in range(4)])
     norm = (torch.ones(128), 1e-6)
     assert portable.moe_step(torch.randn(128), norm, torch.randn(4, 128), 2, False, 1.0, stacks, None) is None
+
+
+@pytest.mark.parametrize("kernel", ["none", "no vnni"])
+def test_without_the_vnni_kernel_layers_use_pytorchs_kernel_on_the_same_values(monkeypatch, tmp_path, kernel):
+    torch.manual_seed(9)
+    linear = nn.Linear(256, 48, bias=False, dtype=torch.bfloat16)
+    ours = quantized_copy(linear)
+    if kernel == "none":
+        monkeypatch.setattr(int4_kernel, "load", lambda: None)
+    else:
+        library = tmp_path / "portable.so"
+        subprocess.run(["cc", "-O2", "-fopenmp", "-fPIC", "-shared", "-o", str(library), str(int4_kernel.SOURCE), "-lm"], check=True)
+        portable = int4_kernel.Int4Kernel(ctypes.CDLL(str(library)))
+        monkeypatch.setattr(int4_kernel, "load", lambda: portable)
+    theirs = quantized_copy(linear)
+    assert theirs.pytorch_layout and not ours.pytorch_layout
+    assert torch.equal(theirs.dequantized_weight(), ours.dequantized_weight())
+    x = torch.randn(2, 1, 256)
+    torch.testing.assert_close(theirs(x), x @ ours.dequantized_weight().float().T, atol=0.03, rtol=0.02)
+    assert theirs(x).dtype == torch.float32
+    assert int4_linear_many([(theirs, x[0])]) is None  # the C kernel cannot read PyTorch's layout
+    assert quantized_copy(nn.Linear(256, 40, bias=False)).pytorch_layout is False  # rows not in blocks of 16
