@@ -19,7 +19,9 @@ quantizes the activations to int8 per group and multiplies with VNNI integer dot
 Longer inputs (prefill) unpack the weight to bfloat16 and use torch's matmul, where the
 compute is better spent. PyTorch ships an int4 CPU kernel too
 (``aten::_weight_int4pack_mm_for_cpu``, what torchao wraps); it converts every weight to float
-before its multiply-add and is compute-bound at batch 1, 1.5-2x slower than this one.
+before its multiply-add and is compute-bound at batch 1, 1.5-2x slower than this one. It is the
+product where the C kernel has no VNNI path: :meth:`Int4Linear.use_pytorch_kernel` repacks the
+same values for it.
 
 Decoding one token at batch 1, the decoder runs whole layers in the kernel where it can
 (:func:`int4_qkv_rotary` and :func:`int4_attend_project` for attention, :func:`int4_moe_step`
