@@ -47,8 +47,9 @@ GROUP_SIZES = (64, 32)
 #: Rows quantized at once, so that lm_head's float32 intermediates never exist whole.
 _CHUNK_ROWS = 4096
 
-#: Activation rows up to which the C kernel beats unpacking the weight for a bfloat16 matmul.
-KERNEL_MAX_ROWS = 16
+#: Activation rows up to which the C kernel beats unpacking the weight for a bfloat16 matmul
+#: (measured on 896-1,280 x 1,280 weights: 233 vs 272 us at 24 rows, 332 vs 290 us at 32).
+KERNEL_MAX_ROWS = 24
 
 
 def int4_group_size(linear: nn.Linear) -> int | None:
