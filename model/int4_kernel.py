@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "kernels" / "int4_linear.c"
 
-#: Set to 0 to skip the kernel and use the torch fallback.
+#: Set to 0 to skip the kernel (int4 then runs on PyTorch's own int4 kernel).
 ENV_SWITCH = "DEEPSEEK_OCR_INT4_KERNEL"
 
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
