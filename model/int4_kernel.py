@@ -50,7 +50,7 @@ class Int4Kernel:
         self._linear.argtypes = [pointer, i32, i64, i64, pointer, pointer, i64, i64, pointer, i32, i32, i32]
         self._linear_many = library.int4_linear_many
         self._linear_many.restype = i32
-        self._linear_many.argtypes = [pointer, i32, i64, i32, i32, i32, i32]
+        self._linear_many.argtypes = [pointer, i32, i64, i32, i32, i32]
         self._moe_step = library.int4_moe_step
         self._moe_step.restype = i32
         self._moe_step.argtypes = [pointer, i32, i64, pointer, ctypes.c_float, pointer, i64, i64, i32, ctypes.c_float,
@@ -84,7 +84,7 @@ class Int4Kernel:
         return out
 
     def linear_many(
-        self, products: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], group_size: int, portable: bool = False
+        self, products: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], group_size: int
     ) -> list[torch.Tensor]:
         """[(x (1, K), packed (N, K/2), scales)] -> [(N,)], all in one parallel region; x all of one dtype."""
         dtype = products[0][0].dtype
@@ -98,7 +98,7 @@ class Int4Kernel:
         table_tensor = torch.tensor(table, dtype=torch.int64)
         is_bf16 = int(dtype == torch.bfloat16)
         status = self._linear_many(
-            table_tensor.data_ptr(), len(products), group_size, is_bf16, is_bf16, torch.get_num_threads(), int(portable)
+            table_tensor.data_ptr(), len(products), group_size, is_bf16, is_bf16, torch.get_num_threads()
         )
         if status:
             raise ValueError(f"int4 kernel refused {len(products)} products with groups of {group_size}")
@@ -116,11 +116,12 @@ class Int4Kernel:
         """
         experts, intermediate = stacks[0].shape[:2]
         addresses = torch.tensor([t.data_ptr() for t in stacks + (shared or [])], dtype=torch.int64)
+        shared_addresses = addresses.data_ptr() + len(stacks) * addresses.element_size() if shared else None
         out = torch.empty(x.shape[-1], dtype=torch.float32)
         status = self._moe_step(
             x.data_ptr(), int(x.dtype == torch.bfloat16), x.shape[-1], norm[0].data_ptr(), norm[1], router.data_ptr(),
             experts, top_k, int(normalize), scaling, addresses.data_ptr(), intermediate,
-            addresses.data_ptr() + 6 * 8 if shared else None, shared[0].shape[0] if shared else 0,
+            shared_addresses, shared[0].shape[0] if shared else 0,
             out.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return None if status else out

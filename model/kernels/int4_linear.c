@@ -435,16 +435,15 @@ static int swiglu_mix_quantized(const Activations *input, int64_t H, const int64
 // their streams from memory. `table` holds, per product, six int64: the address of x (1, K),
 // K, the addresses of packed and scales, N, and the address of out (1, N). Products that
 // follow one another with the same x share its quantization. Returns 0 or -1 as int4_linear.
-int int4_linear_many(const int64_t *table, int count, int64_t G, int x_bf16, int out_bf16, int threads,
-                     int portable) {
+int int4_linear_many(const int64_t *table, int count, int64_t G, int x_bf16, int out_bf16, int threads) {
     if (count <= 0 || G <= 0 || G > 64 || G % 2) return -1;
     for (int p = 0; p < count; p++)
         if (table[6 * p + 1] % G) return -1;
-    if (!vnni_path(G, portable)) {
+    if (!vnni_path(G, 0)) {
         for (int p = 0; p < count; p++) {
             const int64_t *t = table + 6 * p;
             if (int4_linear((const void *)t[0], x_bf16, 1, t[1], (const uint8_t *)t[2], (const uint16_t *)t[3], t[4],
-                            G, (void *)t[5], out_bf16, threads, portable))
+                            G, (void *)t[5], out_bf16, threads, 0))
                 return -1;
         }
         return 0;
