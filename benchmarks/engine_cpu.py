@@ -152,7 +152,7 @@ def measure(checkpoint: Path, quant: str, reps: int, new_tokens: int) -> dict:
             generation_config=config,
             logits_processor=guard,
             streamer=stamps,
-            past_key_values=GrowingCache(),
+            cache=GrowingCache(),
         )
         # stamps[0] is the prompt, stamps[1] the first token (end of prefill).
         return inputs["input_ids"].shape[0] * (new_tokens - 1) / (stamps.times[-1] - stamps.times[1])

@@ -24,14 +24,14 @@ from deepseek_ocr.cache import GrowingCache
 def step_milliseconds(model, cache_type, context: int, steps: int) -> list[float]:
     ids = torch.randint(3, 1000, (1, context))
     cache = cache_type()
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1:].argmax(-1)
     times = []
     for position in range(context, context + steps):
         started = time.perf_counter()
         out = model(
             input_ids=token,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             position_ids=torch.tensor([[position]]),
             logits_to_keep=1,

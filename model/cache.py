@@ -67,7 +67,7 @@ def _same_storage(view: torch.Tensor, buffer: torch.Tensor) -> bool:
 
 
 class GrowingCache(DynamicCache):
-    """``DynamicCache`` made of :class:`GrowingLayer`; pass it to ``generate`` as ``past_key_values``."""
+    """``DynamicCache`` made of :class:`GrowingLayer`; pass it to ``generate`` as ``cache``."""
 
     def __init__(self) -> None:
         # DynamicCache.__init__ only chooses the layer class; the base class takes ours.

@@ -72,7 +72,7 @@ class DeepseekOcrConfig(PretrainedConfig):
     """
 
     model_type = "deepseek_vl_v2"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
 
     vocab_size: int = 129280
     hidden_size: int = 1280

@@ -106,7 +106,7 @@ class DecoderAttention(nn.Module):
         hidden_states: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None,
+        cache: Cache | None,
         norm: nn.Module | None = None,
     ) -> torch.Tensor:
         """``norm`` (the layer's input RMSNorm) is applied to ``hidden_states`` first."""
@@ -128,8 +128,8 @@ class DecoderAttention(nn.Module):
                 for t in linear_many([(projection, normed) for projection in projections])
             )
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         if one_token and (out := int4_attend_project(q, k, v, self.scaling, self.o_proj)) is not None:
             return out.view(b, n, -1)
         attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -261,10 +261,10 @@ class DecoderLayer(nn.Module):
         hidden_states: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
-        past_key_values: Cache | None,
+        cache: Cache | None,
     ) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(
-            hidden_states, rotary, attention_mask, past_key_values, norm=self.input_layernorm
+            hidden_states, rotary, attention_mask, cache, norm=self.input_layernorm
         )
         if isinstance(self.mlp, MoeMlp):
             return hidden_states + self.mlp(hidden_states, norm=self.post_attention_layernorm)

@@ -147,7 +147,7 @@ def generate_pages(
     model_inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     sequences = model.generate(
         **model_inputs,
-        past_key_values=GrowingCache(),
+        cache=GrowingCache(),
         generation_config=greedy_config(eos_token_id, pad_token_id, settings.max_new_tokens),
         logits_processor=processors,
         streamer=TokenCounter(on_token, eos_token_id) if on_token else None,

@@ -44,7 +44,6 @@ class DeepseekOcrPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["DecoderLayer", "SamBlock", "ClipBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = True
 
@@ -177,7 +176,7 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         pixel_values_tiles: torch.Tensor | None = None,
@@ -191,10 +190,10 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
             inputs_embeds = self.embed_inputs(
                 input_ids, pixel_values, pixel_values_tiles, images_spatial_crop, images_seq_mask
             )
-        if use_cache and past_key_values is None:
-            past_key_values = GrowingCache()
+        if use_cache and cache is None:
+            cache = GrowingCache()
         if position_ids is None:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device)[
                 None
             ]
@@ -202,7 +201,7 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             position_ids=position_ids,
         )
         rotary = rotary_cos_sin(
@@ -211,7 +210,7 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
         hidden = inputs_embeds
         all_hidden = [hidden] if output_hidden_states else None
         for layer in self.layers:
-            hidden = layer(hidden, rotary, mask, past_key_values)
+            hidden = layer(hidden, rotary, mask, cache)
             if all_hidden is not None:
                 all_hidden.append(hidden)
         hidden = self.norm(hidden)
@@ -219,7 +218,7 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
             all_hidden[-1] = hidden  # HF convention: the last entry is the normed output
         return BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            past_key_values=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
         )
 
@@ -247,7 +246,7 @@ class DeepseekOcrForConditionalGeneration(DeepseekOcrPreTrainedModel, Generation
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         pixel_values_tiles: torch.Tensor | None = None,
@@ -263,7 +262,7 @@ class DeepseekOcrForConditionalGeneration(DeepseekOcrPreTrainedModel, Generation
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             pixel_values=pixel_values,
             pixel_values_tiles=pixel_values_tiles,
@@ -277,7 +276,7 @@ class DeepseekOcrForConditionalGeneration(DeepseekOcrPreTrainedModel, Generation
             hidden = hidden[:, -logits_to_keep:]
         logits = linear(self.lm_head, hidden).float()
         return CausalLMOutputWithPast(
-            logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):

@@ -19,8 +19,8 @@ def test_greedy_pages_are_identical_to_dynamic_cache_across_reallocations():
     config = greedy_config(None, pad_token_id=2, max_new_tokens=300)
     config.output_scores, config.return_dict_in_generate = True, True
     with torch.inference_mode():
-        dynamic = model.generate(**inputs, generation_config=config, past_key_values=DynamicCache())
-        growing = model.generate(**inputs, generation_config=config, past_key_values=GrowingCache())
+        dynamic = model.generate(**inputs, generation_config=config, cache=DynamicCache())
+        growing = model.generate(**inputs, generation_config=config, cache=GrowingCache())
     assert torch.equal(dynamic.sequences, growing.sequences)
     assert all(torch.equal(a, b) for a, b in zip(dynamic.scores, growing.scores, strict=True))
 
