@@ -16,7 +16,7 @@ measures each setting in a fresh process through the real loading path:
 
 Usage (2 threads, as the reference figures in shared/benchmarks/reference-cpu.md):
 
-    python benchmarks/engine_cpu.py --quant none 8bit 4bit int4 --threads 2
+    python benchmarks/engine_cpu.py --quant none none-torch 8bit 4bit int4 --threads 2
 
 Figures are medians of ``--reps`` repetitions; compare settings measured in one run only.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -110,7 +111,7 @@ class RssSampler:
         self._thread.join()
 
 
-def measure(checkpoint: Path, quant: str, reps: int, new_tokens: int) -> dict:
+def measure(checkpoint: Path, setting: str, reps: int, new_tokens: int) -> dict:
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
     from transformers.generation.streamers import BaseStreamer
@@ -119,6 +120,7 @@ def measure(checkpoint: Path, quant: str, reps: int, new_tokens: int) -> dict:
     from deepseek_ocr.cache import GrowingCache
 
     started = time.perf_counter()
+    quant = setting.removesuffix("-torch")
     model = load_model(checkpoint, plan_runtime(device="cpu", dtype="bfloat16", quant=quant))
     load_seconds = time.perf_counter() - started
     processor = DeepseekOcrProcessor.from_pretrained(checkpoint)
@@ -172,7 +174,7 @@ def measure(checkpoint: Path, quant: str, reps: int, new_tokens: int) -> dict:
             results["decode4"].append(decode_rate(batch4))
     summary = {key: statistics.median(values) for key, values in results.items()}
     summary.update(
-        quant=quant,
+        quant=setting,
         load_seconds=load_seconds,
         peak_rss_base_gib=peak_base / 2**30,
         peak_rss_gib=rss.peak / 2**30,
@@ -206,11 +208,21 @@ def memory_bandwidth_gbs() -> float:
 
 
 QUANT_NAMES = {
-    "none": "bfloat16",
+    "none": "bfloat16 (exponent-coded, C kernel)",
+    "none-torch": "bfloat16 (torch, kernel off)",
     "8bit": "int8 (bnb)",
     "4bit": "nf4 (bnb, double quant)",
     "int4": "int4 (C kernel, groups of 64)",
 }
+
+#: Settings measured with the CPU kernel switched off (``DEEPSEEK_OCR_CPU_KERNEL=0``).
+WITHOUT_KERNEL = ("none-torch",)
+
+
+def cpu_kernel_switch() -> str:
+    from deepseek_ocr import cpu_kernel
+
+    return cpu_kernel.ENV_SWITCH
 
 
 def report(rows: list[dict], bandwidth: float) -> str:
@@ -265,7 +277,8 @@ def main() -> None:
             "--new-tokens",
             str(args.new_tokens),
         ]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        environment = {**os.environ, **({cpu_kernel_switch(): "0"} if quant in WITHOUT_KERNEL else {})}
+        done = subprocess.run(command, check=True, capture_output=True, text=True, env=environment)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
     print(report(rows, bandwidth))

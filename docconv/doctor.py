@@ -46,18 +46,18 @@ def report_rows(settings: Settings) -> Iterator[Row]:
     yield from _accelerator_rows()
     yield "flash-attn", _importable("flash_attn")
     yield "bitsandbytes", _importable("bitsandbytes")
-    yield "int4 kernel", _int4_kernel()
+    yield "cpu kernel", _cpu_kernel()
     yield "config file", _existing(config_path())
     yield from _cache_rows()
     yield from _plan_rows(settings)
 
 
-def _int4_kernel() -> str:
+def _cpu_kernel() -> str:
     try:
-        from deepseek_ocr import int4_kernel
+        from deepseek_ocr import cpu_kernel
     except Exception as error:  # noqa: BLE001 - a broken install raises anything; doctor reports it
         return f"not importable ({type(error).__name__}: {error})"
-    return int4_kernel.describe()
+    return cpu_kernel.describe()
 
 
 def _version(package: str) -> str:

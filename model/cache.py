@@ -39,6 +39,23 @@ class GrowingLayer(DynamicLayer):
         self.values = self._value_buffer[..., :needed, :]
         return self.keys, self.values
 
+    def room_for(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """The key and value buffers (batch, heads, capacity, head_dim), grown if needed to take
+        ``tokens`` more positions, and the positions filled; :meth:`extend` then counts the ones
+        written in place. None before the first :meth:`update`."""
+        if not self.is_initialized or self.keys.numel() == 0:
+            return None
+        length = self.get_seq_length()
+        if not self._has_room_for(self.keys, length + tokens):
+            self._reallocate(self.keys, self.values, length, length + tokens)
+        return self._key_buffer, self._value_buffer, length
+
+    def extend(self, tokens: int) -> None:
+        """Count ``tokens`` positions written into the buffers after the filled ones."""
+        needed = self.get_seq_length() + tokens
+        self.keys = self._key_buffer[..., :needed, :]
+        self.values = self._value_buffer[..., :needed, :]
+
     def _has_room_for(self, key_states: torch.Tensor, needed: int) -> bool:
         # crop() keeps a view of the buffer; batch selection and reordering make new tensors.
         buffer = self._key_buffer

@@ -17,14 +17,10 @@ from transformers.cache_utils import Cache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from . import kernel_linear
+from .cache import GrowingLayer
 from .configuration import DeepseekOcrConfig
-from .quantization import (
-    int4_attend_project,
-    int4_linear_many,
-    int4_moe_step,
-    int4_qkv_rotary,
-    stack_int4_experts,
-)
+from .kernel_linear import FusedWeights, attention_step, fused_weights, mlp_step
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -45,9 +41,9 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def linear_many(pairs: list[tuple[nn.Module, torch.Tensor]]) -> list[torch.Tensor]:
     """``[linear(layer, x) for layer, x in pairs]``: products whose inputs are ready together.
 
-    int4 layers decoding one token run them in a single kernel call (see ``int4_linear_many``).
+    Kernel layers decoding one token run them in a single kernel call (see ``kernel_linear.linear_many``).
     """
-    grouped = int4_linear_many(pairs)
+    grouped = kernel_linear.linear_many(pairs)
     if grouped is not None:
         return grouped
     return [linear(layer, x) for layer, x in pairs]
@@ -113,25 +109,12 @@ class DecoderAttention(nn.Module):
         b, n, _ = hidden_states.shape
         shape = (b, n, -1, self.head_dim)
         cos, sin = rotary
-        # Decoding one page with int4 weights: norm, projections, rotary, attention and o_proj in
-        # two kernel calls around the cache update instead of ~30 small torch operations, each
-        # slowed ~4x by the caches the weight stream has just evicted.
-        one_token = (b, n) == (1, 1) and attention_mask is None
+        normed = norm(hidden_states) if norm is not None else hidden_states
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        fused = int4_qkv_rotary(hidden_states, norm, projections, cos, sin, self.head_dim) if one_token else None
-        if fused is not None:
-            q, k, v = (t.view(shape).transpose(1, 2) for t in fused)
-        else:
-            normed = norm(hidden_states) if norm is not None else hidden_states
-            q, k, v = (
-                t.view(shape).transpose(1, 2)
-                for t in linear_many([(projection, normed) for projection in projections])
-            )
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in linear_many([(p, normed) for p in projections]))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        if one_token and (out := int4_attend_project(q, k, v, self.scaling, self.o_proj)) is not None:
-            return out.view(b, n, -1)
         attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, sdpa_attention_forward
         )
@@ -184,20 +167,9 @@ class MoeMlp(nn.Module):
             if config.n_shared_experts
             else None
         )
-        #: The experts' int4 weights stacked per projection (see ``stack_int4_experts``), or None.
-        self.int4_stacks: list[torch.Tensor] | None = None
-
-    def stack_int4_experts(self) -> None:
-        """After int4 quantization: lets a decoding step run the whole layer in one kernel call."""
-        self.int4_stacks = stack_int4_experts(list(self.experts))
 
     def forward(self, hidden_states: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
         """``norm`` (the layer's post-attention RMSNorm) is applied to ``hidden_states`` first."""
-        if norm is not None and self.int4_stacks is not None and hidden_states.numel() == hidden_states.shape[-1]:
-            # One token, int4: norm, router and experts in one kernel call (shared experts in its float32 sum).
-            out = int4_moe_step(hidden_states, norm, self.gate, self.int4_stacks, self.shared_experts)
-            if out is not None:
-                return out.to(hidden_states.dtype)
         if norm is not None:
             hidden_states = norm(hidden_states)
         shape = hidden_states.shape
@@ -247,6 +219,7 @@ class MoeMlp(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config: DeepseekOcrConfig, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx
         self.self_attn = DecoderAttention(config, layer_idx)
         self.mlp = (
             MoeMlp(config)
@@ -255,6 +228,24 @@ class DecoderLayer(nn.Module):
         )
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        #: The layer's weights as the CPU kernel reads them (``prepare_kernel_step``), or None.
+        self.kernel_weights: tuple[FusedWeights, FusedWeights | None, FusedWeights | None] | None = None
+
+    def prepare_kernel_step(self) -> None:
+        """After the weights are in a kernel format: a one-token decoding step then runs each
+        half of the layer in one kernel call (where every projection of the layer allows it)."""
+        names = ("gate_proj", "up_proj", "down_proj")
+        attention = fused_weights([getattr(self.self_attn, f"{x}_proj") for x in "qkvo"])
+        moe = isinstance(self.mlp, MoeMlp)
+        routed = fused_weights([getattr(e, name) for e in self.mlp.experts for name in names]) if moe else None
+        shared_mlp = self.mlp.shared_experts if moe else self.mlp
+        shared = fused_weights([getattr(shared_mlp, name) for name in names]) if shared_mlp is not None else None
+        complete = attention is not None and (routed is not None or not moe) and (shared is not None or shared_mlp is None)
+        self.kernel_weights = (attention, routed, shared) if complete else None
+
+    def _apply(self, fn, recurse=True):
+        self.kernel_weights = None  # the descriptors hold the addresses of the weights being replaced
+        return super()._apply(fn, recurse)
 
     def forward(
         self,
@@ -263,9 +254,52 @@ class DecoderLayer(nn.Module):
         attention_mask: torch.Tensor | None,
         cache: Cache | None,
     ) -> torch.Tensor:
+        if self.kernel_weights is not None and hidden_states.shape[1] == 1:
+            return self._decoding_step(hidden_states, rotary, attention_mask, cache)
         hidden_states = hidden_states + self.self_attn(
             hidden_states, rotary, attention_mask, cache, norm=self.input_layernorm
         )
+        return hidden_states + self._mlp(hidden_states)
+
+    def _mlp(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if isinstance(self.mlp, MoeMlp):
-            return hidden_states + self.mlp(hidden_states, norm=self.post_attention_layernorm)
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+            return self.mlp(hidden_states, norm=self.post_attention_layernorm)
+        return self.mlp(self.post_attention_layernorm(hidden_states))
+
+    def _decoding_step(
+        self, hidden_states: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], attention_mask, cache
+    ) -> torch.Tensor:
+        """One token per sequence with kernel weights: each block in one kernel call instead of
+        ~30 small torch operations, each slowed ~4x by the caches the weight stream has just
+        evicted. Both take up to 16 sequences; attention needs a GrowingCache and no mask (no
+        padding); otherwise torch computes the block."""
+        attention, routed, shared = self.kernel_weights
+        hidden = self._attention_in_one_call(hidden_states, rotary, attention_mask, cache, attention)
+        if hidden is None:
+            hidden = hidden_states + self.self_attn(
+                hidden_states, rotary, attention_mask, cache, norm=self.input_layernorm
+            )
+        router = self.mlp.gate if isinstance(self.mlp, MoeMlp) else None
+        if mlp_step(hidden, self.post_attention_layernorm, router, routed, shared):
+            return hidden
+        return hidden + self._mlp(hidden)
+
+    def _attention_in_one_call(
+        self, hidden_states: torch.Tensor, rotary, attention_mask, cache, weights: FusedWeights
+    ) -> torch.Tensor | None:
+        if attention_mask is not None:  # padded batches
+            return None
+        layers = getattr(cache, "layers", None)
+        layer = layers[self.layer_idx] if layers is not None and len(layers) > self.layer_idx else None
+        room = layer.room_for(1) if isinstance(layer, GrowingLayer) else None
+        if room is None:
+            return None
+        keys, values, length = room
+        hidden = hidden_states.clone()
+        attn = self.self_attn
+        if not attention_step(
+            hidden, self.input_layernorm, weights, attn.head_dim, attn.scaling, rotary, keys, values, length
+        ):
+            return None
+        layer.extend(1)
+        return hidden

@@ -22,20 +22,24 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .configuration import DeepseekOcrConfig
-from .decoder import MoeMlp, MoeRouter
+from .decoder import DecoderLayer, MoeRouter
+from .exponent_coding import can_code, code_linears
 from .modeling import DeepseekOcrForConditionalGeneration
 from .quantization import int4_group_size, quantize_linears_int4
 
 MODEL_TYPES = ("deepseek_vl_v2", "deepseek_ocr")
 
-#: Kept in full precision when quantizing. The vision tower and projector are small next to the
-#: 2.4B routed-expert parameters and their convolutions cannot be quantized anyway; lm_head
-#: decides every token. The router is a bare parameter (not nn.Linear), so it is never touched.
-KEEP_UNQUANTIZED = ["model.sam_model", "model.vision_model", "model.projector", "lm_head"]
+#: The vision tower and projector: read once per page (prefill), small next to the 2.4B
+#: routed-expert parameters, and their convolutions cannot be quantized anyway.
+VISION_MODULES = ["model.sam_model", "model.vision_model", "model.projector"]
+
+#: Kept in full precision when quantizing with bitsandbytes; lm_head decides every token. The
+#: router is a bare parameter (not nn.Linear), so it is never touched.
+KEEP_UNQUANTIZED = [*VISION_MODULES, "lm_head"]
 
 #: int4 also quantizes lm_head: its 129,280 x 1,280 bfloat16 weight alone is a quarter of the bytes
 #: read per decoded token, and with groups of 64 it keeps greedy tokens (docs/benchmarks.md).
-KEEP_UNQUANTIZED_INT4 = [prefix for prefix in KEEP_UNQUANTIZED if prefix != "lm_head"]
+KEEP_UNQUANTIZED_INT4 = VISION_MODULES
 
 #: Bytes per quantized parameter, scales included (int8: one fp32 scale per row of 1280;
 #: nf4 with double quantization: 4 bits + an 8-bit absmax per 64 + second-level constants;
@@ -309,6 +313,8 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
         tensors = CheckpointTensors(weight_files(directory))
         if plan.quant == "int4":
             quantize_from_checkpoint(model, tensors)
+        if plan.quant == "none" and plan.dtype == torch.bfloat16 and can_code():
+            code_from_checkpoint(model, tensors)
         if plan.quant == "4bit":
             repack_bitsandbytes_for_cpu(model)
         read_mapped_weights_into_memory(model, tensors, KEPT_MAPPED if plan.quant == "4bit" else ())
@@ -335,10 +341,28 @@ def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors, modul
     for start in range(0, len(names), modules_per_step):
         quantize_linears_int4(model, names[start : start + modules_per_step], tensors.read)
         return_freed_memory()
+    prepare_kernel_steps(model)
+
+
+def code_from_checkpoint(model: nn.Module, tensors: CheckpointTensors, modules_per_step: int = 64) -> None:
+    """Exponent-code the bfloat16 decoder linears and lm_head (lossless, 3/4 of the bytes; see
+    :mod:`.exponent_coding`), reading each weight from the file; the vision tower stays as it is."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(name.startswith(prefix) for prefix in VISION_MODULES)
+    ]
+    for start in range(0, len(names), modules_per_step):
+        code_linears(model, names[start : start + modules_per_step], tensors.read)
+        return_freed_memory()
+    prepare_kernel_steps(model)
+
+
+def prepare_kernel_steps(model: nn.Module) -> None:
+    """Let each decoder layer's decoding step run in two kernel calls where its weights allow it."""
     for module in model.modules():
-        if isinstance(module, MoeMlp):
-            module.stack_int4_experts()
-            return_freed_memory()
+        if isinstance(module, DecoderLayer):
+            module.prepare_kernel_step()
 
 
 def repack_bitsandbytes_for_cpu(model: nn.Module, modules_per_step: int = 64) -> None:

@@ -35,9 +35,11 @@ def test_report_names_versions_accelerators_and_the_cache(isolated: Path) -> Non
     assert report["weights cache"] == str(isolated / "cache")
     assert report["cached models"].startswith("none")
     assert "bitsandbytes" in report and "flash-attn" in report
-    # gcc is on this machine kind, so the kernel builds; which path depends on the CPU.
-    vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
-    assert report["int4 kernel"].startswith("built, AVX-512 VNNI" if vnni else "built, no AVX-512 VNNI")
+    # gcc is on this machine kind, so the kernel builds; which paths depends on the CPU.
+    flags = Path("/proc/cpuinfo").read_text()
+    assert report["cpu kernel"].startswith("built; ")
+    assert ("int4 on AVX-512 VNNI" in report["cpu kernel"]) == ("avx512_vnni" in flags)
+    assert ("bfloat16 exponent-coded on AVX512-BF16" in report["cpu kernel"]) == ("avx512_bf16" in flags)
     assert report["config file"].endswith("(not created; defaults apply)")
 
 

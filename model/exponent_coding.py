@@ -1,0 +1,104 @@
+"""Exponent-coded bfloat16: the same weights in three quarters of the bytes, for CPU decoding.
+
+Batch-1 decoding reads every active weight once per token (~1.15 GB in bfloat16), so on a CPU
+its speed is the memory bandwidth divided by the bytes. A bfloat16 is a sign bit, 8 exponent
+bits and 7 mantissa bits, and a row of weights uses few distinct exponents (12-16 in a
+normal-distributed row of 1,280): each weight keeps its sign and mantissa as a byte, and its
+exponent becomes a 4-bit index into a table of the row's 16 exponents. Where a row has more
+than 16, the weights outside the table (the rarest exponents) are listed as exceptions and
+added back after the row's dot product. Nothing is rounded: :meth:`ExponentCodedLinear.decoded_weight`
+gives back the checkpoint's weight bit for bit, and the kernel multiplies exactly those values
+(bfloat16 products are exact in float32, summed in float32, as torch's bfloat16 matmul does,
+in another order).
+
+The layout is in ``kernels/cpu_decode.c``. The kernel decodes a chunk of 64 weights in 8
+vector instructions, for AVX512-BF16 dot products (``vdpbf16ps``); on a CPU without
+AVX512-BF16, bfloat16 weights are left as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import cpu_kernel
+from .kernel_linear import KernelLinear
+
+
+class ExponentCodedLinear(KernelLinear):
+    """``nn.Linear`` with an exponent-coded bfloat16 weight; same shapes and dtype, CPU only."""
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("codes", torch.empty(0, dtype=torch.uint8))  # (out, 96 * ceil(in / 64))
+        self.register_buffer("tables", torch.empty(0, dtype=torch.uint8))  # (out, 32)
+        self.register_buffer("exception_rows", torch.zeros(1, dtype=torch.int32))  # (out + 1)
+        self.register_buffer("exceptions", torch.empty(0, 2, dtype=torch.int16))  # (count, 2): column, bits
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> ExponentCodedLinear:
+        """The layer for a bfloat16 (out, in) weight; needs the kernel (:func:`can_code`)."""
+        if weight.dtype != torch.bfloat16:
+            raise ValueError(f"exponent coding is for bfloat16 weights, not {weight.dtype}")
+        layer = cls(weight.shape[1], weight.shape[0], bias)
+        layer.codes, layer.tables, layer.exception_rows, layer.exceptions = cpu_kernel.load().bf16c_encode(weight)
+        return layer
+
+    def takes_kernel(self) -> bool:
+        kernel = cpu_kernel.load()
+        return kernel is not None and kernel.coded_bf16
+
+    def descriptor_fields(self) -> tuple[int, int, tuple[torch.Tensor, ...]]:
+        return cpu_kernel.FORMAT_BF16C, 0, (self.codes, self.tables, self.exception_rows, self.exceptions)
+
+    def decoded_weight(self) -> torch.Tensor:
+        """The (out, in) bfloat16 weight, bit for bit as it was coded."""
+        kernel = cpu_kernel.load()
+        if kernel is not None:
+            return kernel.bf16c_decode(self.descriptor(), (self.out_features, self.in_features))
+        return decode_exponent_coded(self.codes, self.tables, self.exception_rows, self.exceptions, self.in_features)
+
+    @property
+    def coded_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.descriptor_fields()[2])
+
+
+def decode_exponent_coded(
+    codes: torch.Tensor, tables: torch.Tensor, exception_rows: torch.Tensor, exceptions: torch.Tensor, in_features: int
+) -> torch.Tensor:
+    """The (out, in) bfloat16 weight, with torch operations (the reference for the C decoder)."""
+    rows = codes.shape[0]
+    chunks = codes.view(rows, -1, 96).to(torch.int32)
+    signs_and_mantissas, nibbles = chunks[..., :64], chunks[..., 64:]
+    index = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).reshape(rows, -1)
+    exponents = (tables[:, 16:].to(torch.int32) << 1) | (tables[:, :16].to(torch.int32) >> 7)
+    exponent = exponents.gather(1, index).view_as(signs_and_mantissas)
+    bits = ((signs_and_mantissas & 0x80) << 8) | (exponent << 7) | (signs_and_mantissas & 0x7F)
+    weight = bits.reshape(rows, -1)[:, :in_features].to(torch.int16)
+    counts = (exception_rows[1:] - exception_rows[:-1]).long()
+    exception_row = torch.repeat_interleave(torch.arange(rows), counts)
+    weight[exception_row, exceptions[:, 0].long() & 0xFFFF] = exceptions[:, 1]
+    return weight.view(torch.bfloat16)
+
+
+def can_code() -> bool:
+    """Whether this machine's kernel multiplies exponent-coded weights (AVX512-BF16)."""
+    kernel = cpu_kernel.load()
+    return kernel is not None and kernel.coded_bf16
+
+
+def code_linears(model: nn.Module, names: list[str], read_weight: Callable[[str], torch.Tensor] | None = None) -> None:
+    """Replace the named bfloat16 ``nn.Linear`` submodules of ``model`` by :class:`ExponentCodedLinear`.
+
+    ``read_weight(parameter_name)`` supplies each weight (for example straight from the
+    checkpoint file); by default the module's own.
+    """
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        linear = getattr(parent, child)
+        weight = read_weight(f"{name}.weight") if read_weight else linear.weight.detach()
+        # A checkpoint stored in float32 (the test fixtures) becomes bfloat16 as from_pretrained makes it.
+        setattr(parent, child, ExponentCodedLinear.from_weight(weight.to(torch.bfloat16), linear.bias))

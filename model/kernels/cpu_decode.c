@@ -1,0 +1,1124 @@
+// y = x @ W.T on the CPU for the weight formats of deepseek_ocr's kernel linears, and whole
+// decoding steps of one token built on that product.
+//
+// Decoding multiplies one activation row by every weight, so it is bound by how fast the
+// weights stream from memory. Both formats read fewer bytes than a bfloat16 weight:
+//
+//   int4   4-bit integers in groups of G inputs with a bf16 (scale, zero) per group: lossy,
+//          a quarter of the bytes (quantization.py quantizes)
+//   bf16c  the bfloat16 weight itself with its exponents coded: lossless, three quarters of
+//          the bytes (exponent_coding.py; bf16c_plan and bf16c_encode below)
+//
+// int4 layout:
+//   packed  uint8  (N, K/2)        per group of G inputs, byte j holds input j in its low nibble
+//                                  and input j + G/2 in its high nibble
+//   scales  bf16   (N, K/G, 2)     per group (scale, zero):  w = (q - 8) * scale + zero,  q in 0..15
+//
+// PyTorch's own int4 kernel converts each weight to float before its multiply-add and is
+// compute-bound at batch 1; here the activation row is quantized once per call to int8 (per
+// group, symmetric), so that a group's 64 products are one VNNI instruction (vpdpbusd:
+// unsigned 4-bit weight x signed 8-bit activation, summed into int32). Centring q on 8 halves
+// the weights the activations' rounding error is multiplied by (on six decoder shapes the
+// product's error against the dequantized float one measured 0.6-0.7%, against 0.7-2.3% with q
+// in 0..15 and the group's min as zero), and the zero term uses the exact float sum of the
+// activations:
+//   sum_i w_i x_i = scale * sx * (sum_i q_i xq_i - 8 sum_i xq_i) + zero * sum_i x_i
+//
+// bf16c layout: a bfloat16 is a sign bit, 8 exponent bits and 7 mantissa bits, and a row of
+// weights uses few distinct exponents (12-16 in a normal-distributed row of 1,280). Each weight
+// keeps its sign and mantissa as one byte; its exponent becomes a 4-bit index into the row's
+// table of 16 exponents. Where a row has more than 16 distinct exponents, the table holds
+// exponent 0 and the 15 most frequent others; the remaining weights are coded as +0 and kept
+// as exceptions (column, bf16 value), added back after the row's dot product.
+//   codes           uint8 (N, 96 * ceil(K/64))   per 64 inputs: 64 bytes sign << 7 | mantissa,
+//                                                then 32 bytes of exponent indices, byte j
+//                                                holding input j's in its low nibble and input
+//                                                j + 32's in its high nibble; inputs past K +0
+//   tables          uint8 (N, 32)                per row and index: [0, 16) the exponent's bit 0
+//                                                at bit 7, [16, 32) the exponent >> 1: what the
+//                                                exponent adds to the bf16's low and high byte
+//   exception_rows  int32 (N + 1)                row n's exceptions are [rows[n], rows[n + 1])
+//   exceptions      uint16 (count, 2)            column, bf16 bits
+// A chunk of 64 decodes in ten vector instructions (the indices unpacked, two byte lookups, two
+// bit merges, two byte interleaves) into 64 bf16 weights for two AVX512-BF16 dot products (vdpbf16ps: bf16 pairs
+// multiplied exactly, summed in float32). The interleave leaves them in the order
+// 0-7, 16-23, 32-39, 48-55 | 8-15, 24-31, 40-47, 56-63, so each call lays x out in that order
+// once. Subnormal bf16 weights and inputs count as zero in vdpbf16ps.
+//
+// Rows are read several at a time from places far apart in the weight (8 streams per thread
+// at batch 1, 4 for int4): a plain read with two threads measured ~23 GB/s here with one
+// sequential stream per thread, ~32 GB/s with eight.
+//
+// Entry points: kernel_linear (any rows), kernel_linear_many (several one-row products in one
+// parallel region), and the two halves of a decoder layer for one token per sequence (up to
+// 16 sequences), each in one call: kernel_attention_step (norm, q/k/v, rotary, the cache
+// append, attention, o_proj, residual) and kernel_mlp_step (norm, router, the chosen and shared
+// experts or a dense MLP, residual). Weights are passed as Weight descriptors (eight int64, see
+// below).
+//
+// Built at first use with the machine's C compiler (-march=native). Without AVX-512 VNNI, or for
+// groups of 32, int4 runs the portable loops below; without AVX512-BF16 there is no bf16c
+// product (its tables still decode); the whole-step entry points then return -1 and the caller
+// uses torch.
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define HAVE_AVX512 1
+#else
+#define HAVE_AVX512 0
+#endif
+#if HAVE_AVX512 && defined(__AVX512VNNI__)
+#define HAVE_VNNI512 1
+#else
+#define HAVE_VNNI512 0
+#endif
+#if HAVE_AVX512 && defined(__AVX512BF16__)
+#define HAVE_BF16C 1
+#else
+#define HAVE_BF16C 0
+#endif
+
+enum { FORMAT_INT4 = 1, FORMAT_BF16C = 2 };
+
+// A weight as Python describes it (eight int64).
+typedef struct {
+    int64_t format;                   // FORMAT_INT4 or FORMAT_BF16C
+    int64_t N, K;                     // output and input features
+    int64_t group;                    // int4: inputs per group (even, up to 64); bf16c: 0
+    const uint8_t *data;              // int4: packed; bf16c: codes
+    const void *side;                 // int4: scales; bf16c: tables
+    const int32_t *exception_rows;    // bf16c
+    const uint16_t *exceptions;       // bf16c
+} Weight;
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) {  // round to nearest even, as torch does
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);  // quiet NaN
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static inline float load_one(const void *x, int bf16, int64_t index) {
+    return bf16 ? bf16_to_float(((const uint16_t *)x)[index]) : ((const float *)x)[index];
+}
+
+static inline void store(void *out, int out_bf16, int64_t index, float value) {
+    if (out_bf16)
+        ((uint16_t *)out)[index] = float_to_bf16(value);
+    else
+        ((float *)out)[index] = value;
+}
+
+static int64_t coded_chunks(int64_t K) { return (K + 63) / 64; }
+
+// ---- int4 ---------------------------------------------------------------------------------
+
+// The activation rows, quantized per group: xq = round(x / sx), sx = max|x| / 127.
+typedef struct {
+    int8_t *xq;      // (rows, K)
+    float *sx;       // (rows, K/G)
+    float *xsum;     // (rows, K/G)  exact sum of x over the group, for the zero term
+    float *centre;   // (rows, K/G)  8 * sx * sum of xq over the group, for q's offset of 8
+} Activations;
+
+static void quantize_group(const float *v, int64_t G, int8_t *xq, float *sx, float *xsum, float *centre) {
+    float amax = 0.f, sum = 0.f;
+    for (int64_t i = 0; i < G; i++) amax = fmaxf(amax, fabsf(v[i])), sum += v[i];
+    const float inverse = amax > 0.f ? 127.f / amax : 0.f;
+    int32_t qsum = 0;
+    for (int64_t i = 0; i < G; i++) xq[i] = (int8_t)lrintf(v[i] * inverse), qsum += xq[i];
+    *sx = amax / 127.f, *xsum = sum, *centre = 8.f * *sx * (float)qsum;
+}
+
+#if HAVE_VNNI512
+// The same as quantize_group for G = 64, in vector registers (the per-call cost that matters
+// at batch 1: a scalar loop over the 6,848 inputs of the dense MLP's down_proj took ~20 us).
+static void quantize_group64(const float *v, int8_t *xq, float *sx, float *xsum, float *centre) {
+    __m512 part[4], amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        part[k] = _mm512_loadu_ps(v + 16 * k);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(part[k]));
+        sum = _mm512_add_ps(sum, part[k]);
+    }
+    const float top = _mm512_reduce_max_ps(amax), inverse = top > 0.f ? 127.f / top : 0.f;
+    __m512i qsum = _mm512_setzero_si512();
+    for (int k = 0; k < 4; k++) {
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(part[k], _mm512_set1_ps(inverse)));  // nearest even
+        _mm_storeu_si128((__m128i *)(xq + 16 * k), _mm512_cvtepi32_epi8(q));
+        qsum = _mm512_add_epi32(qsum, q);
+    }
+    *sx = top / 127.f, *xsum = _mm512_reduce_add_ps(sum), *centre = 8.f * *sx * (float)_mm512_reduce_add_epi32(qsum);
+}
+
+// The VNNI path reads two groups at once (see DEFINE_INT4_BLOCK): within each pair of groups
+// (g, h) the activations are stored as g[0:32] h[0:32] g[32:64] h[32:64], matching the low and
+// high nibbles of the pair's 64 packed bytes. A last unpaired group keeps its natural order.
+static void pair_groups(int8_t *xq, int64_t groups) {
+    for (int64_t g = 0; g + 1 < groups; g += 2) {
+        int8_t swap[32];
+        memcpy(swap, xq + g * 64 + 32, 32);
+        memcpy(xq + g * 64 + 32, xq + g * 64 + 64, 32);
+        memcpy(xq + g * 64 + 64, swap, 32);
+    }
+}
+#endif
+
+static int int4_vnni_path(int64_t G, int portable) { return HAVE_VNNI512 && !portable && G == 64; }
+
+static int allocate_activations(Activations *a, int64_t M, int64_t K, int64_t G) {
+    const int64_t groups = K / G, padded = (M + 3) / 4 * 4;  // rows, padded for the 4-row blocks
+    a->xq = calloc((size_t)(padded * K), 1);
+    a->sx = calloc((size_t)(padded * groups), sizeof(float));
+    a->xsum = calloc((size_t)(padded * groups), sizeof(float));
+    a->centre = calloc((size_t)(padded * groups), sizeof(float));
+    return a->xq && a->sx && a->xsum && a->centre ? 0 : -1;
+}
+
+static void release_activations(Activations *a) { free(a->xq), free(a->sx), free(a->xsum), free(a->centre); }
+
+static void quantize_activations(const void *x, int x_bf16, int64_t M, int64_t K, int64_t G, int portable,
+                                 Activations *a) {
+    const int64_t groups = K / G;
+    float v[64];
+    (void)portable;
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t base = m * K + g * G, i = m * groups + g;
+            for (int64_t k = 0; k < G; k++) v[k] = load_one(x, x_bf16, base + k);
+#if HAVE_VNNI512
+            if (int4_vnni_path(G, portable)) {
+                quantize_group64(v, a->xq + base, a->sx + i, a->xsum + i, a->centre + i);
+                continue;
+            }
+#endif
+            quantize_group(v, G, a->xq + base, a->sx + i, a->xsum + i, a->centre + i);
+        }
+#if HAVE_VNNI512
+        if (int4_vnni_path(G, portable)) pair_groups(a->xq + m * K, groups);
+#endif
+    }
+}
+
+// One output row n for M activation rows; any even group size up to 64.
+static void int4_row_portable(int64_t n, int64_t M, const Weight *w, const Activations *a, void *out, int out_bf16) {
+    const int64_t K = w->K, G = w->group, groups = K / G, half = G / 2;
+    const uint8_t *row = w->data + n * (K / 2);
+    const uint16_t *sz = (const uint16_t *)w->side + n * groups * 2;
+    for (int64_t m = 0; m < M; m++) {
+        float acc = 0.f;
+        for (int64_t g = 0; g < groups; g++) {
+            const uint8_t *wg = row + g * half;
+            const int8_t *xg = a->xq + m * K + g * G;
+            int32_t dot = 0;
+            for (int64_t j = 0; j < half; j++) dot += (wg[j] & 15) * xg[j] + (wg[j] >> 4) * xg[j + half];
+            const float scale = bf16_to_float(sz[2 * g]), zero = bf16_to_float(sz[2 * g + 1]);
+            const int64_t i = m * groups + g;
+            acc += scale * (a->sx[i] * (float)dot - a->centre[i]) + zero * a->xsum[i];
+        }
+        store(out, out_bf16, m * w->N + n, acc);
+    }
+}
+
+#if HAVE_VNNI512
+// Group size 64: a group of a row is 32 packed bytes -> 64 uint8 weights in one register. The
+// bytes are broadcast to both halves and the upper half shifted by 4, so the low nibbles
+// (inputs 0..31) land in the lower half and the high nibbles (inputs 32..63) in the upper.
+static inline __m512i unpack64(const uint8_t *w) {
+    const __m512i bytes = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)w));
+    const __m512i shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    return _mm512_and_si512(_mm512_srlv_epi64(bytes, shifts), _mm512_set1_epi8(15));
+}
+
+// Scales and zeros of up to 16 consecutive groups of a row, as float32 vectors: each 32-bit
+// lane of the (scale, zero) bf16 pairs holds the scale in its low half and the zero in its high.
+static inline void load_scales(const uint16_t *sz, int count, __m512 *scale, __m512 *zero) {
+    const __m512i pairs = _mm512_maskz_loadu_epi32((__mmask16)((1u << count) - 1u), sz);
+    *scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+    *zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
+// Streaming from memory, the hardware prefetcher alone left lm_head's product at ~15 GB/s;
+// asking for the row this far ahead (into L2) brings it to ~23 GB/s, near a plain read's 24.
+// Farther (16-64 rows) or into L1 measured no better.
+#define PREFETCH_ROWS 8
+
+// Output rows rows[0..ROWS) for activation rows m0..m0+ACTS-1 (ROWS * ACTS = 4 accumulators):
+// the weights are unpacked once per row and the activations loaded once per act. Groups go in
+// chunks of 16 so that scales, zeros and the zero term are 16-lane vector work, and in pairs:
+// a pair's 64 packed bytes are one load, their low nibbles (inputs 0..31 of both groups) and
+// high nibbles (32..63) two dot products into one register whose lanes 0-7 belong to the first
+// group and 8-15 to the second, scaled by one multiply-add (per group: 4.5 instructions, not 8).
+#define DEFINE_INT4_BLOCK(NAME, ROWS, ACTS)                                                            \
+    static void NAME(const Weight *w, const int64_t *rows, int64_t m0, const Activations *a,            \
+                     float result[ROWS][ACTS]) {                                                       \
+        const int64_t K = w->K, groups = K / 64;                                                       \
+        const uint8_t *packed = w->data;                                                               \
+        const uint16_t *scales = (const uint16_t *)w->side;                                            \
+        const __m512i low4 = _mm512_set1_epi8(15);                                                     \
+        __m512 acc[ROWS][ACTS], offset[ROWS][ACTS];                                                    \
+        for (int r = 0; r < ROWS; r++)                                                                 \
+            for (int s = 0; s < ACTS; s++) acc[r][s] = offset[r][s] = _mm512_setzero_ps();             \
+        for (int64_t g0 = 0; g0 < groups; g0 += 16) {                                                  \
+            const int count = groups - g0 < 16 ? (int)(groups - g0) : 16;                              \
+            const __mmask16 valid = (__mmask16)((1u << count) - 1u);                                   \
+            __m512 step[ROWS][ACTS];                                                                   \
+            for (int r = 0; r < ROWS; r++) {                                                           \
+                __m512 scale, zero;                                                                    \
+                load_scales(scales + (rows[r] * groups + g0) * 2, count, &scale, &zero);               \
+                for (int s = 0; s < ACTS; s++) {                                                       \
+                    const int64_t i = (m0 + s) * groups + g0;                                          \
+                    const __m512 sx = _mm512_maskz_loadu_ps(valid, a->sx + i);                         \
+                    const __m512 xsum = _mm512_maskz_loadu_ps(valid, a->xsum + i);                     \
+                    const __m512 centre = _mm512_maskz_loadu_ps(valid, a->centre + i);                 \
+                    step[r][s] = _mm512_mul_ps(scale, sx);                                             \
+                    offset[r][s] = _mm512_fmadd_ps(zero, xsum, offset[r][s]);                          \
+                    offset[r][s] = _mm512_fnmadd_ps(scale, centre, offset[r][s]);                      \
+                }                                                                                      \
+            }                                                                                          \
+            int j = 0;                                                                                 \
+            for (; j + 1 < count; j += 2) {                                                            \
+                /* lanes 0-7 take group j's step, lanes 8-15 group j+1's */                            \
+                const __m512i pick = _mm512_inserti64x4(_mm512_set1_epi32(j), _mm256_set1_epi32(j + 1), 1); \
+                __m512i x_low[ACTS], x_high[ACTS];                                                     \
+                for (int s = 0; s < ACTS; s++) {                                                       \
+                    const int8_t *xs = a->xq + (m0 + s) * K + (g0 + j) * 64;                           \
+                    x_low[s] = _mm512_loadu_si512((const void *)xs);                                   \
+                    x_high[s] = _mm512_loadu_si512((const void *)(xs + 64));                           \
+                }                                                                                      \
+                for (int r = 0; r < ROWS; r++) {                                                       \
+                    const uint8_t *w_row = packed + rows[r] * (K / 2) + (g0 + j) * 32;                 \
+                    _mm_prefetch((const char *)(w_row + PREFETCH_ROWS * (K / 2)), _MM_HINT_T1);        \
+                    const __m512i bytes = _mm512_loadu_si512((const void *)w_row);                     \
+                    const __m512i low = _mm512_and_si512(bytes, low4);                                 \
+                    const __m512i high = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low4);          \
+                    for (int s = 0; s < ACTS; s++) {                                                   \
+                        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, x_low[s]);      \
+                        dot = _mm512_dpbusd_epi32(dot, high, x_high[s]);                               \
+                        acc[r][s] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),                           \
+                                                    _mm512_permutexvar_ps(pick, step[r][s]), acc[r][s]); \
+                    }                                                                                  \
+                }                                                                                      \
+            }                                                                                          \
+            if (j < count) { /* an odd last group, in natural order */                                 \
+                const __m512i pick = _mm512_set1_epi32(j);                                             \
+                for (int r = 0; r < ROWS; r++) {                                                       \
+                    const __m512i wq = unpack64(packed + rows[r] * (K / 2) + (g0 + j) * 32);           \
+                    for (int s = 0; s < ACTS; s++) {                                                   \
+                        const __m512i x = _mm512_loadu_si512((const void *)(a->xq + (m0 + s) * K + (g0 + j) * 64)); \
+                        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, x);        \
+                        acc[r][s] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),                           \
+                                                    _mm512_permutexvar_ps(pick, step[r][s]), acc[r][s]); \
+                    }                                                                                  \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int r = 0; r < ROWS; r++)                                                                 \
+            for (int s = 0; s < ACTS; s++)                                                             \
+                result[r][s] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][s], offset[r][s]));           \
+    }
+
+DEFINE_INT4_BLOCK(int4_4rows, 4, 1)  // decoding one sequence
+DEFINE_INT4_BLOCK(int4_4acts, 1, 4)  // several sequences, or the tail rows of one
+#endif
+
+// ---- bf16c --------------------------------------------------------------------------------
+
+// Where input i of a 64-input chunk sits in the decoded order (see the layout above).
+static inline int64_t decoded_position(int64_t i) {
+    const int64_t lane = i / 16, t = i % 16;
+    return t < 8 ? 8 * lane + t : 32 + 8 * lane + (t - 8);
+}
+
+static inline uint8_t table_exponent(const uint8_t *table, int index) {
+    return (uint8_t)((table[16 + index] << 1) | (table[index] >> 7));
+}
+
+static inline float exception_sum(const Weight *w, int64_t n, const float *x) {
+    float sum = 0.f;
+    for (int32_t e = w->exception_rows[n]; e < w->exception_rows[n + 1]; e++)
+        sum += bf16_to_float(w->exceptions[2 * e + 1]) * x[w->exceptions[2 * e]];
+    return sum;
+}
+
+#if HAVE_BF16C
+// 64 coded weights -> two vectors of 32 bf16 in the decoded order.
+static inline void decode_chunk(const uint8_t *chunk, __m512i low_table, __m512i high_table, __m512i *first,
+                                __m512i *second) {
+    const __m512i nibbles = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(chunk + 64)));
+    const __m512i index = _mm512_and_si512(_mm512_srlv_epi64(nibbles, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)),
+                                           _mm512_set1_epi8(15));
+    const __m512i bytes = _mm512_loadu_si512((const void *)chunk), low7 = _mm512_set1_epi8(0x7f);
+    // low byte: exponent bit 0 | mantissa (0xF8: a | (b & c)); high byte: exponent >> 1 | sign (0xF4: a | (b & ~c))
+    const __m512i low = _mm512_ternarylogic_epi32(_mm512_shuffle_epi8(low_table, index), bytes, low7, 0xF8);
+    const __m512i high = _mm512_ternarylogic_epi32(_mm512_shuffle_epi8(high_table, index), bytes, low7, 0xF4);
+    *first = _mm512_unpacklo_epi8(low, high);
+    *second = _mm512_unpackhi_epi8(low, high);
+}
+
+// Output rows rows[0..ROWS) for the activation rows m0..m0+ACTS-1, exceptions not included.
+#define DEFINE_CODED_BLOCK(NAME, ROWS, ACTS)                                                           \
+    static void NAME(const Weight *w, const int64_t *rows, int64_t m0, const uint16_t *ordered,         \
+                     float result[ROWS][ACTS]) {                                                       \
+        const int64_t chunks = coded_chunks(w->K), stride = 96 * chunks, width = 64 * chunks;          \
+        const uint8_t *tables = (const uint8_t *)w->side;                                              \
+        const uint8_t *codes[ROWS];                                                                    \
+        __m512i low_table[ROWS], high_table[ROWS];                                                     \
+        __m512 acc[ROWS][ACTS];                                                                        \
+        for (int r = 0; r < ROWS; r++) {                                                               \
+            codes[r] = w->data + rows[r] * stride;                                                     \
+            low_table[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tables + rows[r] * 32))); \
+            high_table[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tables + rows[r] * 32 + 16))); \
+            for (int s = 0; s < ACTS; s++) acc[r][s] = _mm512_setzero_ps();                            \
+        }                                                                                              \
+        for (int64_t c = 0; c < chunks; c++) {                                                         \
+            for (int r = 0; r < ROWS; r++) {                                                           \
+                __m512i first, second;                                                                 \
+                decode_chunk(codes[r] + 96 * c, low_table[r], high_table[r], &first, &second);         \
+                for (int s = 0; s < ACTS; s++) {                                                       \
+                    const uint16_t *x = ordered + (m0 + s) * width + 64 * c;                           \
+                    acc[r][s] = _mm512_dpbf16_ps(acc[r][s], (__m512bh)first, (__m512bh)_mm512_loadu_si512((const void *)x)); \
+                    acc[r][s] = _mm512_dpbf16_ps(acc[r][s], (__m512bh)second, (__m512bh)_mm512_loadu_si512((const void *)(x + 32))); \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int r = 0; r < ROWS; r++)                                                                 \
+            for (int s = 0; s < ACTS; s++) result[r][s] = _mm512_reduce_add_ps(acc[r][s]);             \
+    }
+
+DEFINE_CODED_BLOCK(coded_8rows, 8, 1)  // decoding one sequence
+DEFINE_CODED_BLOCK(coded_1row, 1, 1)
+DEFINE_CODED_BLOCK(coded_4rows_4acts, 4, 4)  // several sequences
+DEFINE_CODED_BLOCK(coded_1row_4acts, 1, 4)
+#endif
+
+
+// ---- inputs and products ------------------------------------------------------------------
+
+// Activation rows laid out for one weight format.
+typedef struct {
+    int64_t M, K;
+    int64_t format, group;
+    int portable;           // int4: the plain C loops
+    Activations q;          // int4: quantized
+    uint16_t *ordered;      // bf16c: (M rounded up to 4, 64 * chunks) bf16 in the decoded order, zero padded
+    float *natural;         // bf16c: (M, K) the same values as float32, for the exceptions
+} Input;
+
+static void discard(Input *in) {
+    release_activations(&in->q);
+    free(in->ordered), free(in->natural);
+}
+
+
+// Returns 0, or -1 without memory (in is then safe to discard).
+static int prepare(Input *in, const void *x, int x_bf16, int64_t M, const Weight *w, int portable) {
+    memset(in, 0, sizeof *in);
+    in->M = M, in->K = w->K, in->format = w->format, in->group = w->group, in->portable = portable;
+    if (w->format == FORMAT_INT4) {
+        if (allocate_activations(&in->q, M, w->K, w->group)) return -1;
+        quantize_activations(x, x_bf16, M, w->K, w->group, portable, &in->q);
+        return 0;
+    }
+    const int64_t K = w->K, width = 64 * coded_chunks(K), padded = (M + 3) / 4 * 4;
+    in->ordered = calloc((size_t)(padded * width), sizeof(uint16_t));
+    in->natural = malloc(sizeof(float) * (size_t)(M * K));
+    if (!in->ordered || !in->natural) return -1;
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t k = 0; k < K; k++) {
+            const uint16_t bits = x_bf16 ? ((const uint16_t *)x)[m * K + k] : float_to_bf16(((const float *)x)[m * K + k]);
+            in->natural[m * K + k] = bf16_to_float(bits);
+            in->ordered[m * width + k / 64 * 64 + decoded_position(k % 64)] = bits;
+        }
+    }
+    return 0;
+}
+
+// Whether x prepared for `in` serves weight w too.
+static int serves(const Input *in, const Weight *w) {
+    return in->format == w->format && in->K == w->K && in->group == w->group;
+}
+
+// One input through one weight.
+typedef struct {
+    const Weight *w;
+    const Input *in;
+    void *out;  // (M, N)
+} Product;
+
+static void int4_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
+    const Weight *w = p->w;
+    const Input *in = p->in;
+    const int64_t M = in->M;
+    if (!int4_vnni_path(w->group, in->portable)) {
+        for (int64_t n = a; n < b; n++) int4_row_portable(n, M, w, &in->q, p->out, out_bf16);
+        return;
+    }
+#if HAVE_VNNI512
+    const int64_t N = w->N;
+    if (M == 1) {
+        const int64_t per = (b - a) / 4;
+        for (int64_t i = 0; i < per; i++) {
+            const int64_t rows[4] = {a + i, a + per + i, a + 2 * per + i, a + 3 * per + i};
+            float result[4][1];
+            int4_4rows(w, rows, 0, &in->q, result);
+            for (int r = 0; r < 4; r++) store(p->out, out_bf16, rows[r], result[r][0]);
+        }
+        a += 4 * per;
+    }
+    for (int64_t n = a; n < b; n++) {
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            float result[1][4];
+            int4_4acts(w, &n, m0, &in->q, result);
+            for (int64_t s = 0; s < 4 && m0 + s < M; s++) store(p->out, out_bf16, (m0 + s) * N + n, result[0][s]);
+        }
+    }
+#endif
+}
+
+
+#if HAVE_BF16C
+static void coded_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
+    const Weight *w = p->w;
+    const Input *in = p->in;
+    const int64_t M = in->M, N = w->N, K = w->K;
+    if (M == 1) {
+        const int64_t per = (b - a) / 8;
+        for (int64_t i = 0; i < per; i++) {
+            int64_t rows[8];
+            float result[8][1];
+            for (int r = 0; r < 8; r++) rows[r] = a + r * per + i;
+            coded_8rows(w, rows, 0, in->ordered, result);
+            for (int r = 0; r < 8; r++) store(p->out, out_bf16, rows[r], result[r][0] + exception_sum(w, rows[r], in->natural));
+        }
+        for (int64_t n = a + 8 * per; n < b; n++) {
+            float result[1][1];
+            coded_1row(w, &n, 0, in->ordered, result);
+            store(p->out, out_bf16, n, result[0][0] + exception_sum(w, n, in->natural));
+        }
+        return;
+    }
+    const int64_t per = (b - a) / 4;
+    for (int64_t i = 0; i < per; i++) {
+        const int64_t rows[4] = {a + i, a + per + i, a + 2 * per + i, a + 3 * per + i};
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            float result[4][4];
+            coded_4rows_4acts(w, rows, m0, in->ordered, result);
+            for (int r = 0; r < 4; r++)
+                for (int64_t s = 0; s < 4 && m0 + s < M; s++)
+                    store(p->out, out_bf16, (m0 + s) * N + rows[r],
+                          result[r][s] + exception_sum(w, rows[r], in->natural + (m0 + s) * K));
+        }
+    }
+    for (int64_t n = a + 4 * per; n < b; n++) {
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            float result[1][4];
+            coded_1row_4acts(w, &n, m0, in->ordered, result);
+            for (int64_t s = 0; s < 4 && m0 + s < M; s++)
+                store(p->out, out_bf16, (m0 + s) * N + n, result[0][s] + exception_sum(w, n, in->natural + (m0 + s) * K));
+        }
+    }
+}
+#endif
+
+// Output rows [a, b) of a product.
+static void product_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
+    if (p->w->format == FORMAT_INT4) {
+        int4_range(p, a, b, out_bf16);
+        return;
+    }
+#if HAVE_BF16C
+    coded_range(p, a, b, out_bf16);
+#endif
+}
+
+// Every output row of several products in one parallel region. Threads take equal shares of
+// the work, counted per output row as its weight bytes read plus its multiply-adds: K * (4 + M).
+static int64_t row_cost(const Product *p) { return p->w->K * (4 + p->in->M); }
+
+static int64_t ceil_div(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+
+static int run_products(const Product *products, int count, int out_bf16, int threads) {
+    int64_t total = 0;
+    for (int p = 0; p < count; p++) total += products[p].w->N * row_cost(&products[p]);
+#pragma omp parallel num_threads(threads)
+    {
+#ifdef _OPENMP
+        const int64_t team = omp_get_num_threads(), id = omp_get_thread_num();
+#else
+        const int64_t team = 1, id = 0;
+#endif
+        const int64_t first = total / team * id, last = id == team - 1 ? total : total / team * (id + 1);
+        int64_t base = 0;
+        for (int p = 0; p < count; p++) {  // row r is this thread's if its cost starts in [first, last)
+            const int64_t N = products[p].w->N, cost = row_cost(&products[p]);
+            const int64_t a = ceil_div(first - base, cost), b = ceil_div(last - base, cost);
+            if (a < N && a < b) product_range(&products[p], a, b < N ? b : N, out_bf16);
+            base += N * cost;
+        }
+    }
+    return 0;
+}
+
+// Whether the product can take this weight: int4 with an even group size up to 64 that
+// divides K (portable loops for groups other than 64), bf16c where the CPU has AVX512-BF16.
+static int weight_ok(const Weight *w) {
+    if (w->N <= 0 || w->K <= 0) return 0;
+    if (w->format == FORMAT_INT4) return w->group > 0 && w->group <= 64 && w->group % 2 == 0 && w->K % w->group == 0;
+    return w->format == FORMAT_BF16C && HAVE_BF16C && w->K <= 65535;
+}
+
+// out (M, N) = x (M, K) @ W.T, x and out each bf16 or float32. `portable` makes int4 use the
+// plain C loops (for tests). Returns 0, or -1 for a weight the product cannot take or without
+// scratch memory.
+int kernel_linear(const void *x, int x_bf16, int64_t M, const Weight *w, void *out, int out_bf16, int threads,
+                  int portable) {
+    if (M <= 0 || !weight_ok(w)) return -1;
+    Input in;
+    int status = prepare(&in, x, x_bf16, M, w, portable);
+    if (!status) {
+        const Product product = {w, &in, out};
+        status = run_products(&product, 1, out_bf16, threads);
+    }
+    discard(&in);
+    return status;
+}
+
+// Several one-row products in one parallel region. A decoding step's expert projections are
+// 0.6-1.7 MB each: one call apiece, two threads spend much of each call starting and stopping
+// their streams from memory. `table` holds, per product, three int64: the addresses of x (1, K),
+// of its Weight and of out (1, N). Products that follow one another with the same x and a
+// weight of the same format and width share its layout. Returns 0 or -1 as kernel_linear.
+int kernel_linear_many(const int64_t *table, int count, int x_bf16, int out_bf16, int threads) {
+    if (count <= 0) return -1;
+    for (int p = 0; p < count; p++)
+        if (!weight_ok((const Weight *)table[3 * p + 1])) return -1;
+    Input *inputs = calloc((size_t)count, sizeof(Input));
+    Product *products = calloc((size_t)count, sizeof(Product));
+    int status = inputs && products ? 0 : -1;
+    for (int p = 0; p < count && !status; p++) {
+        const int64_t *t = table + 3 * p;
+        const Weight *w = (const Weight *)t[1];
+        products[p] = (Product){w, &inputs[p], (void *)t[2]};
+        if (p > 0 && t[0] == t[-3] && serves(products[p - 1].in, w)) {
+            products[p].in = products[p - 1].in;
+            continue;
+        }
+        status = prepare(&inputs[p], (const void *)t[0], x_bf16, 1, w, 0);
+    }
+    if (!status) status = run_products(products, count, out_bf16, threads);
+    for (int p = 0; inputs && p < count; p++) discard(&inputs[p]);  // shared ones were never prepared
+    free(inputs), free(products);
+    return status;
+}
+
+// ---- whole decoding steps -----------------------------------------------------------------
+
+#if HAVE_AVX512
+// Whether a whole decoding step can take this weight (the vector paths only).
+static int fused_ok(const Weight *w) {
+    return weight_ok(w) && (w->format == FORMAT_BF16C || (HAVE_VNNI512 && w->group == 64));
+}
+
+// RMSNorm of one row into float32, rounded as the torch module rounds in x's dtype:
+// weight * dtype(x * rsqrt(mean(x^2) + eps)), the inner product in float32. Without a weight,
+// x as float32.
+static void rms_norm(const void *x, int bf16, int64_t H, const void *weight, float eps, float *out) {
+    float sum = 0.f;
+    for (int64_t i = 0; i < H; i++) {
+        out[i] = load_one(x, bf16, i);
+        sum += out[i] * out[i];
+    }
+    if (!weight) return;
+    const float inverse = 1.f / sqrtf(sum / (float)H + eps);
+    for (int64_t i = 0; i < H; i++) {
+        if (bf16)
+            out[i] = bf16_to_float(float_to_bf16(bf16_to_float(((const uint16_t *)weight)[i]) *
+                                                 bf16_to_float(float_to_bf16(out[i] * inverse))));
+        else
+            out[i] = ((const float *)weight)[i] * (out[i] * inverse);
+    }
+}
+
+// e^x for float32 lanes: 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by its degree-7
+// Taylor polynomial (relative error < 1e-8, below float32's rounding).
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147181f));  // 2^(t-n) = e^f
+    static const float taylor[] = {1.f / 5040, 1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 1.f / 2, 1.f, 1.f};
+    __m512 p = _mm512_set1_ps(taylor[0]);
+    for (int k = 1; k < 8; k++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(taylor[k]));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 load16(const void *base, int64_t offset, int bf16) {
+    if (bf16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + offset))), 16));
+    return _mm512_loadu_ps((const float *)base + offset);
+}
+
+// Rows of the MLP block's input going through one SwiGLU MLP (an expert), with their weights.
+typedef struct {
+    const Weight *gate, *up, *down;
+    int64_t rows;
+    int64_t row[16];
+    float weight[16];
+} Application;
+
+// mixed (M, H) float32 += for each application, its rows' weight * down(silu(gate(x)) * up(x)),
+// x = normed (M, H) float32. Two parallel regions (every gate and up product, then every down
+// product); the hidden activations stay float32 until they are laid out for the down products.
+// Applications over all M rows in order share one layout of x.
+static int apply_mlps(const float *normed, int64_t M, int64_t H, const Application *apps, int count, float *mixed,
+                      int threads) {
+    int64_t width = 0, gathered = 0;
+    for (int a = 0; a < count; a++) width += apps[a].rows * apps[a].gate->N, gathered += apps[a].rows * H;
+    Input *inputs = calloc((size_t)count, sizeof(Input)), *hidden = calloc((size_t)count, sizeof(Input));
+    const Input **input_of = calloc((size_t)count, sizeof(Input *));
+    Product *products = calloc((size_t)(2 * count), sizeof(Product));
+    float *rows = malloc(sizeof(float) * (size_t)gathered), *gate_up = malloc(sizeof(float) * (size_t)(2 * width));
+    int64_t down_size = 0;
+    for (int a = 0; a < count; a++) down_size += apps[a].rows * H;
+    float *down = malloc(sizeof(float) * (size_t)down_size);
+    int status = inputs && hidden && input_of && products && rows && gate_up && down ? 0 : -1;
+    const Input *all_rows = NULL;  // the layout of x for applications over all M rows in order
+    for (int64_t a = 0, gathered_at = 0; a < count && !status; gathered_at += apps[a].rows * H, a++) {
+        int in_order = apps[a].rows == M;
+        for (int64_t r = 0; r < apps[a].rows && in_order; r++) in_order = apps[a].row[r] == r;
+        if (in_order && all_rows && serves(all_rows, apps[a].gate)) {
+            input_of[a] = all_rows;
+            continue;
+        }
+        const float *x = normed;
+        if (!in_order) {
+            for (int64_t r = 0; r < apps[a].rows; r++)
+                memcpy(rows + gathered_at + r * H, normed + apps[a].row[r] * H, sizeof(float) * (size_t)H);
+            x = rows + gathered_at;
+        }
+        status = prepare(&inputs[a], x, 0, apps[a].rows, apps[a].gate, 0);
+        input_of[a] = &inputs[a];
+        if (in_order && !all_rows) all_rows = &inputs[a];
+    }
+    if (!status) {
+        for (int64_t a = 0, offset = 0; a < count; offset += apps[a].rows * apps[a].gate->N, a++) {
+            products[a] = (Product){apps[a].gate, input_of[a], gate_up + offset};
+            products[count + a] = (Product){apps[a].up, input_of[a], gate_up + width + offset};
+        }
+        status = run_products(products, 2 * count, 0, threads);
+    }
+    if (!status) {
+        for (int64_t i = 0; i < width; i += 16) {  // silu(gate) * up, into the gate half
+            const __mmask16 valid = width - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (width - i)) - 1u);
+            const __m512 g = _mm512_maskz_loadu_ps(valid, gate_up + i), u = _mm512_maskz_loadu_ps(valid, gate_up + width + i);
+            const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+            _mm512_mask_storeu_ps(gate_up + i, valid, _mm512_mul_ps(silu, u));
+        }
+        for (int64_t a = 0, offset = 0, out = 0; a < count && !status; a++) {
+            status = prepare(&hidden[a], gate_up + offset, 0, apps[a].rows, apps[a].down, 0);
+            products[a] = (Product){apps[a].down, &hidden[a], down + out};
+            offset += apps[a].rows * apps[a].gate->N, out += apps[a].rows * H;
+        }
+    }
+    if (!status) status = run_products(products, count, 0, threads);
+    if (!status) {
+        for (int64_t a = 0, out = 0; a < count; out += apps[a].rows * H, a++)
+            for (int64_t r = 0; r < apps[a].rows; r++)
+                for (int64_t h = 0; h < H; h++) mixed[apps[a].row[r] * H + h] += apps[a].weight[r] * down[out + r * H + h];
+    }
+    for (int a = 0; a < count; a++) {
+        if (inputs) discard(&inputs[a]);
+        if (hidden) discard(&hidden[a]);
+    }
+    free(inputs), free(hidden), free(input_of), free(products), free(rows), free(gate_up), free(down);
+    return status;
+}
+
+// hidden += dtype(delta), in the hidden's dtype as torch's residual add of a block's output.
+static void add_residual(void *hidden, int bf16, const float *delta, int64_t H) {
+    for (int64_t i = 0; i < H; i++) {
+        const float rounded = bf16 ? bf16_to_float(float_to_bf16(delta[i])) : delta[i];
+        store(hidden, bf16, i, load_one(hidden, bf16, i) + rounded);
+    }
+}
+
+// Whether three weights are a SwiGLU MLP on H inputs whose gate and up read x as `first` does.
+static int mlp_ok(const Weight *const *mlp, int64_t H, const Weight *first) {
+    return fused_ok(mlp[0]) && fused_ok(mlp[1]) && fused_ok(mlp[2]) && mlp[0]->K == H && mlp[1]->K == H &&
+           mlp[0]->N == mlp[1]->N && mlp[2]->K == mlp[0]->N && mlp[2]->N == H && mlp[0]->format == first->format &&
+           mlp[1]->format == first->format && mlp[0]->group == first->group && mlp[1]->group == first->group;
+}
+#endif
+
+// The MLP half of a decoder layer for M <= 16 tokens (one per sequence), in place on their
+// hidden states (M, H) in `bf16`'s dtype:
+//   hidden += dtype(sum_chosen w_e expert_e(n) + shared(n)),   n = norm(hidden)   per row
+// with the post-attention RMSNorm (weight in the hidden's dtype), the router (float32
+// (experts, H) weight, softmax, greedy top-k, optionally renormalised, times `scaling`), the
+// chosen experts and the shared experts (weight 1). Each expert reads its weights once for all
+// the rows routed to it. `routed` holds each expert's gate, up and down Weight (experts x 3),
+// `shared` the shared experts' three or NULL. A dense layer is experts = 0 with its MLP as
+// `shared`. Returns -1 where a weight cannot take the vector path, for more than 64 experts,
+// top_k above 16 or more than 16 rows, or without memory (the caller then computes the block
+// with torch; the hidden states are untouched).
+int kernel_mlp_step(void *hidden, int bf16, int64_t M, int64_t H, const void *norm_weight, float eps,
+                    const float *router, int64_t experts, int64_t top_k, int normalize, float scaling,
+                    const Weight *routed, const Weight *shared, int threads) {
+#if HAVE_AVX512
+    if (M <= 0 || M > 16 || experts > 64 || top_k > 16 || top_k > experts || (experts > 0 && top_k <= 0) ||
+        (experts == 0 && !shared))
+        return -1;
+    const Weight *first = experts ? &routed[0] : &shared[0];
+    for (int64_t e = 0; e < experts; e++) {
+        const Weight *mlp[3] = {&routed[3 * e], &routed[3 * e + 1], &routed[3 * e + 2]};
+        if (!mlp_ok(mlp, H, first)) return -1;
+    }
+    if (shared) {
+        const Weight *mlp[3] = {&shared[0], &shared[1], &shared[2]};
+        if (!mlp_ok(mlp, H, first)) return -1;
+    }
+    const size_t element = bf16 ? 2 : 4;
+    float *normed = malloc(sizeof(float) * (size_t)(2 * M * H)), *mixed = normed ? normed + M * H : NULL;
+    Application *apps = calloc((size_t)(experts + 1), sizeof(Application));
+    int64_t *app_of = malloc(sizeof(int64_t) * (size_t)(experts + 1));
+    int status = normed && apps && app_of ? 0 : -1;
+    int count = 0;
+    for (int64_t e = 0; e < experts; e++) app_of[e] = -1;
+    for (int64_t m = 0; m < M && !status; m++) {
+        float *n = normed + m * H, probability[64], chosen[16], chosen_total = 0.f, top = -INFINITY, total = 0.f;
+        int64_t chosen_id[16];
+        rms_norm((const char *)hidden + element * (size_t)(m * H), bf16, H, norm_weight, eps, n);
+        for (int64_t e = 0; e < experts; e++) {
+            __m512 dot = _mm512_setzero_ps();
+            for (int64_t h = 0; h < H; h += 16) {
+                const __mmask16 valid = H - h >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (H - h)) - 1u);
+                dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, router + e * H + h), _mm512_maskz_loadu_ps(valid, n + h), dot);
+            }
+            probability[e] = _mm512_reduce_add_ps(dot);
+            top = fmaxf(top, probability[e]);
+        }
+        for (int64_t e = 0; e < experts; e++) total += probability[e] = expf(probability[e] - top);
+        for (int64_t k = 0; k < top_k; k++) {  // greedy top-k, the first of equal scores first
+            int64_t best = -1;
+            for (int64_t e = 0; e < experts; e++)
+                if (probability[e] >= 0.f && (best < 0 || probability[e] > probability[best])) best = e;
+            chosen[k] = probability[best] / total, chosen_id[k] = best;
+            chosen_total += chosen[k];
+            probability[best] = -1.f;
+        }
+        for (int64_t k = 0; k < top_k; k++) {
+            const int64_t e = chosen_id[k];
+            if (app_of[e] < 0) {
+                app_of[e] = count++;
+                apps[app_of[e]] = (Application){&routed[3 * e], &routed[3 * e + 1], &routed[3 * e + 2], 0, {0}, {0}};
+            }
+            Application *app = &apps[app_of[e]];
+            app->row[app->rows] = m;
+            app->weight[app->rows++] = (normalize ? chosen[k] / (chosen_total + 1e-20f) : chosen[k]) * scaling;
+        }
+    }
+    if (!status && shared) {
+        Application *app = &apps[count++];
+        *app = (Application){&shared[0], &shared[1], &shared[2], M, {0}, {0}};
+        for (int64_t m = 0; m < M; m++) app->row[m] = m, app->weight[m] = 1.f;
+    }
+    if (!status) {
+        memset(mixed, 0, sizeof(float) * (size_t)(M * H));
+        status = apply_mlps(normed, M, H, apps, count, mixed, threads);
+    }
+    for (int64_t m = 0; m < M && !status; m++) add_residual((char *)hidden + element * (size_t)(m * H), bf16, mixed + m * H, H);
+    free(normed), free(apps), free(app_of);
+    return status;
+#else
+    (void)hidden, (void)bf16, (void)M, (void)H, (void)norm_weight, (void)eps, (void)router, (void)experts;
+    (void)top_k, (void)normalize, (void)scaling, (void)routed, (void)shared, (void)threads;
+    return -1;
+#endif
+}
+
+#if HAVE_AVX512
+// softmax(q K^T) V per row and head over `length` cached positions (q scaled already), float32
+// out (M, heads * head_dim). The caches are (M, heads, capacity, head_dim) in `bf16`'s dtype.
+static void attend(const float *q, const void *keys, const void *values, int bf16, int64_t M, int64_t heads,
+                   int64_t head_dim, int64_t capacity, int64_t length, float *scores, float *attended, int threads) {
+    const int64_t chunks = head_dim / 16;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t task = 0; task < M * heads; task++) {  // task = row * heads + head
+        __m512 query[chunks], result[chunks];
+        for (int64_t c = 0; c < chunks; c++) {
+            query[c] = _mm512_loadu_ps(q + task * head_dim + 16 * c);
+            result[c] = _mm512_setzero_ps();
+        }
+        const int64_t base = task * capacity * head_dim;
+        float *score = scores + task * length, top = -INFINITY, total = 0.f;
+        for (int64_t t = 0; t < length; t++) {
+            __m512 dot = _mm512_setzero_ps();
+            for (int64_t c = 0; c < chunks; c++)
+                dot = _mm512_fmadd_ps(query[c], load16(keys, base + t * head_dim + 16 * c, bf16), dot);
+            score[t] = _mm512_reduce_add_ps(dot);
+            top = fmaxf(top, score[t]);
+        }
+        for (int64_t t = 0; t < length; t += 16) {
+            const __mmask16 valid = length - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (length - t)) - 1u);
+            const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, score + t), _mm512_set1_ps(top)));
+            _mm512_mask_storeu_ps(score + t, valid, e);
+            total += _mm512_mask_reduce_add_ps(valid, e);
+        }
+        for (int64_t t = 0; t < length; t++) {
+            const __m512 weight = _mm512_set1_ps(score[t]);
+            for (int64_t c = 0; c < chunks; c++)
+                result[c] = _mm512_fmadd_ps(weight, load16(values, base + t * head_dim + 16 * c, bf16), result[c]);
+        }
+        for (int64_t c = 0; c < chunks; c++)
+            _mm512_storeu_ps(attended + task * head_dim + 16 * c, _mm512_div_ps(result[c], _mm512_set1_ps(total)));
+    }
+}
+
+// q, k, v (M, width) float32 in place: rotary on q and k with each row's cos and sin
+// (M, head_dim), all rounded to the dtype as torch rounds them, q times `scaling`; k and v
+// written to the caches at position `length`.
+static void rotate_and_cache(float *qkv, int64_t M, int64_t width, int64_t head_dim, const void *cos, const void *sin,
+                             int bf16, float scaling, void *key_cache, void *value_cache, int64_t capacity,
+                             int64_t length) {
+    const int64_t heads = width / head_dim, half = head_dim / 2, element = bf16 ? 2 : 4;
+    for (int64_t m = 0; m < M; m++) {
+        float c[head_dim], s[head_dim];
+        for (int64_t i = 0; i < head_dim; i++) c[i] = load_one(cos, bf16, m * head_dim + i), s[i] = load_one(sin, bf16, m * head_dim + i);
+        for (int p = 0; p < 3; p++) {
+            for (int64_t h = 0; h < heads; h++) {
+                float *head = qkv + (p * M + m) * width + h * head_dim;
+                for (int64_t i = 0; i < half && p < 2; i++) {
+                    const float first = head[i], second = head[half + i];
+                    head[i] = first * c[i] - second * s[i];
+                    head[half + i] = second * c[half + i] + first * s[half + i];
+                }
+                for (int64_t i = 0; i < head_dim; i++) {
+                    const float value = bf16 ? bf16_to_float(float_to_bf16(head[i])) : head[i];
+                    head[i] = p == 0 ? value * scaling : value;
+                    if (p == 0) continue;
+                    char *cache = (char *)(p == 1 ? key_cache : value_cache);
+                    store(cache + element * (((m * heads + h) * capacity + length) * head_dim), bf16, i, value);
+                }
+            }
+        }
+    }
+}
+#endif
+
+// The attention half of a decoder layer for M <= 16 sequences of one token each (no padding),
+// in place on their hidden states (M, H) in `bf16`'s dtype:
+//   n = norm(hidden);  q, k, v = n @ Wq/Wk/Wv.T;  rotary on q and k;  k, v appended to the cache
+//   hidden += dtype(softmax(q K^T * scaling) V @ Wo.T)   over the length + 1 cached positions
+// `weights` holds q, k, v and o; norm_weight (hidden's dtype) may be NULL for no norm. Rotary is
+// half-split ("rotate half") with each row's cos and sin (M, head_dim) in the hidden's dtype:
+//   out[i] = x[i] cos[i] - x[i + d/2] sin[i],   out[i + d/2] = x[i + d/2] cos[i + d/2] + x[i] sin[i + d/2]
+// q, k and v are rounded to the hidden's dtype as torch rounds them; the scores, softmax and
+// weighted sum run in float32. The caches are (M, heads, capacity, head_dim) buffers in the
+// hidden's dtype holding `length` positions, with room for one more. Returns -1 off the vector
+// paths, for a head_dim not a multiple of 16, more than 16 rows, or without memory (nothing is
+// written then).
+int kernel_attention_step(void *hidden, int bf16, int64_t M, int64_t H, const void *norm_weight, float eps,
+                          const Weight *weights, int64_t head_dim, const void *cos, const void *sin, float scaling,
+                          void *key_cache, void *value_cache, int64_t capacity, int64_t length, int threads) {
+#if HAVE_AVX512
+    const Weight *wq = &weights[0], *wo = &weights[3];
+    const int64_t width = wq->N, heads = head_dim > 0 ? width / head_dim : 0;
+    const size_t element = bf16 ? 2 : 4;
+    if (M <= 0 || M > 16 || head_dim <= 0 || head_dim % 16 || width % head_dim || length < 0 || length >= capacity)
+        return -1;
+    for (int p = 0; p < 3; p++)
+        if (!fused_ok(&weights[p]) || weights[p].K != H || weights[p].N != width || weights[p].format != wq->format ||
+            weights[p].group != wq->group)
+            return -1;
+    if (!fused_ok(wo) || wo->K != width || wo->N != H) return -1;
+    float *scratch = malloc(sizeof(float) * (size_t)(M * (4 * width + 2 * H + heads * (length + 1))));
+    if (!scratch) return -1;
+    float *qkv = scratch, *attended = qkv + 3 * M * width, *normed = attended + M * width, *projected = normed + M * H;
+    float *scores = projected + M * H;
+    Input input;
+    memset(&input, 0, sizeof input);
+    for (int64_t m = 0; m < M; m++) rms_norm((const char *)hidden + element * (size_t)(m * H), bf16, H, norm_weight, eps, normed + m * H);
+    int status = prepare(&input, normed, 0, M, wq, 0);
+    if (!status) {
+        Product products[3];
+        for (int p = 0; p < 3; p++) products[p] = (Product){&weights[p], &input, qkv + p * M * width};
+        status = run_products(products, 3, 0, threads);
+    }
+    discard(&input);
+    if (!status) {
+        rotate_and_cache(qkv, M, width, head_dim, cos, sin, bf16, scaling, key_cache, value_cache, capacity, length);
+        attend(qkv, key_cache, value_cache, bf16, M, heads, head_dim, capacity, length + 1, scores, attended, threads);
+        status = prepare(&input, attended, 0, M, wo, 0);
+    }
+    if (!status) {
+        const Product product = {wo, &input, projected};
+        status = run_products(&product, 1, 0, threads);
+    }
+    discard(&input);
+    for (int64_t m = 0; m < M && !status; m++) add_residual((char *)hidden + element * (size_t)(m * H), bf16, projected + m * H, H);
+    free(scratch);
+    return status;
+#else
+    (void)hidden, (void)bf16, (void)M, (void)H, (void)norm_weight, (void)eps, (void)weights, (void)head_dim, (void)cos;
+    (void)sin, (void)scaling, (void)key_cache, (void)value_cache, (void)capacity, (void)length, (void)threads;
+    return -1;
+#endif
+}
+
+// ---- weights back as bf16, and bf16c coding -----------------------------------------------
+
+// The int4 weight as bf16 (N, K): for prefill-sized batches, where a bf16 matmul wins.
+void int4_dequantize(const uint8_t *packed, const uint16_t *scales, int64_t N, int64_t K, int64_t G,
+                     uint16_t *weight, int threads) {
+    const int64_t groups = K / G, half = G / 2;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t g = 0; g < groups; g++) {
+            const uint8_t *w = packed + n * (K / 2) + g * half;
+            const float scale = bf16_to_float(scales[(n * groups + g) * 2]);
+            const float zero = bf16_to_float(scales[(n * groups + g) * 2 + 1]);
+            uint16_t *row = weight + n * K + g * G;
+            for (int64_t j = 0; j < half; j++) {
+                row[j] = float_to_bf16((float)((w[j] & 15) - 8) * scale + zero);
+                row[j + half] = float_to_bf16((float)((w[j] >> 4) - 8) * scale + zero);
+            }
+        }
+    }
+}
+
+// The bf16c weight back as the bf16 (N, K) it codes, bit for bit: for prefill-sized batches.
+void bf16c_decode(const Weight *w, uint16_t *weight, int threads) {
+    const int64_t N = w->N, K = w->K, chunks = coded_chunks(K), stride = 96 * chunks;
+    const uint8_t *tables = (const uint8_t *)w->side;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *codes = w->data + n * stride, *table = tables + n * 32;
+        uint16_t *row = weight + n * K;
+        int64_t c = 0;
+#if HAVE_AVX512
+        const __m512i low_table = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)table));
+        const __m512i high_table = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(table + 16)));
+        for (; 64 * (c + 1) <= K; c++) {
+            const uint8_t *chunk = codes + 96 * c;
+            const __m512i nibbles = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(chunk + 64)));
+            const __m512i index = _mm512_and_si512(
+                _mm512_srlv_epi64(nibbles, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)), _mm512_set1_epi8(15));
+            const __m512i bytes = _mm512_loadu_si512((const void *)chunk), low7 = _mm512_set1_epi8(0x7f);
+            const __m512i low = _mm512_ternarylogic_epi32(_mm512_shuffle_epi8(low_table, index), bytes, low7, 0xF8);
+            const __m512i high = _mm512_ternarylogic_epi32(_mm512_shuffle_epi8(high_table, index), bytes, low7, 0xF4);
+            for (int part = 0; part < 2; part++) {  // inputs 0-31, then 32-63, in natural order
+                const __m512i lo = _mm512_cvtepu8_epi16(part ? _mm512_extracti64x4_epi64(low, 1) : _mm512_castsi512_si256(low));
+                const __m512i hi = _mm512_cvtepu8_epi16(part ? _mm512_extracti64x4_epi64(high, 1) : _mm512_castsi512_si256(high));
+                _mm512_storeu_si512((void *)(row + 64 * c + 32 * part), _mm512_or_si512(lo, _mm512_slli_epi16(hi, 8)));
+            }
+        }
+#endif
+        for (int64_t k = 64 * c; k < K; k++) {
+            const uint8_t *chunk = codes + 96 * (k / 64), byte = chunk[k % 64];
+            const int64_t i = k % 64;
+            const int index = i < 32 ? chunk[64 + i] & 15 : chunk[64 + i - 32] >> 4;
+            const uint16_t exponent = table_exponent(table, index);
+            row[k] = (uint16_t)((byte & 0x80) << 8 | exponent << 7 | (byte & 0x7f));
+        }
+        for (int32_t e = w->exception_rows[n]; e < w->exception_rows[n + 1]; e++)
+            row[w->exceptions[2 * e]] = w->exceptions[2 * e + 1];
+    }
+}
+
+// First pass of coding a bf16 (N, K) weight: each row's table, and exception_rows (N + 1) as
+// offsets. Returns the number of exceptions, or -1 when K is too wide for 16-bit columns.
+int64_t bf16c_plan(const uint16_t *weight, int64_t N, int64_t K, uint8_t *tables, int32_t *exception_rows,
+                   int threads) {
+    if (K <= 0 || K > 65535) return -1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        int64_t count[256] = {0};
+        const uint16_t *row = weight + n * K;
+        for (int64_t k = 0; k < K; k++) count[(row[k] >> 7) & 0xff]++;
+        int distinct = 0;
+        for (int e = 0; e < 256; e++) distinct += count[e] > 0;
+        uint8_t keep[256] = {0};
+        int64_t outside = 0;
+        if (distinct <= 16) {
+            for (int e = 0; e < 256; e++) keep[e] = count[e] > 0;
+        } else {  // exponent 0 (what exceptions are coded as) and the 15 most frequent others
+            keep[0] = 1;
+            for (int chosen = 0; chosen < 15; chosen++) {
+                int best = -1;
+                for (int e = 255; e > 0; e--)  // larger exponents first among equal counts
+                    if (!keep[e] && count[e] > 0 && (best < 0 || count[e] > count[best])) best = e;
+                keep[best] = 1;
+            }
+            for (int e = 1; e < 256; e++) outside += keep[e] ? 0 : count[e];
+        }
+        uint8_t *table = tables + n * 32;
+        int index = 0;
+        for (int e = 0; e < 256; e++) {  // ascending, so that index 0 is the smallest exponent
+            if (!keep[e]) continue;
+            table[index] = (uint8_t)((e & 1) << 7), table[16 + index] = (uint8_t)(e >> 1);
+            index++;
+        }
+        for (; index < 16; index++) table[index] = table[0], table[16 + index] = table[16];
+        exception_rows[n + 1] = (int32_t)outside;
+    }
+    int64_t total = 0;
+    exception_rows[0] = 0;
+    for (int64_t n = 0; n < N; n++) {
+        total += exception_rows[n + 1];
+        if (total > INT32_MAX) return -1;
+        exception_rows[n + 1] = (int32_t)total;
+    }
+    return total;
+}
+
+// Second pass: codes (N, 96 * ceil(K/64)) and exceptions (count, 2) from the plan's tables and offsets.
+void bf16c_encode(const uint16_t *weight, int64_t N, int64_t K, const uint8_t *tables,
+                  const int32_t *exception_rows, uint8_t *codes, uint16_t *exceptions, int threads) {
+    const int64_t chunks = coded_chunks(K), stride = 96 * chunks;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *table = tables + n * 32;
+        int index_of[256];
+        for (int e = 0; e < 256; e++) index_of[e] = -1;
+        for (int i = 15; i >= 0; i--) index_of[table_exponent(table, i)] = i;
+        const uint16_t *row = weight + n * K;
+        uint8_t *out = codes + n * stride;
+        memset(out, 0, (size_t)stride);
+        int32_t next = exception_rows[n];
+        for (int64_t k = 0; k < K; k++) {
+            const int exponent = (row[k] >> 7) & 0xff;
+            int index = index_of[exponent];
+            uint8_t byte = (uint8_t)((row[k] >> 8 & 0x80) | (row[k] & 0x7f));
+            if (index < 0) {  // coded as +0 (exponent 0 is index 0), added back from the list
+                exceptions[2 * next] = (uint16_t)k, exceptions[2 * next + 1] = row[k];
+                next++;
+                index = 0, byte = 0;
+            }
+            uint8_t *chunk = out + 96 * (k / 64);
+            const int64_t i = k % 64;
+            chunk[i] = byte;
+            chunk[64 + i % 32] |= (uint8_t)(i < 32 ? index : index << 4);
+        }
+    }
+}
+
+// Bit 0: the int4 VNNI path (the fast one; else int4 runs the portable loops). Bit 1: the
+// bf16c product (AVX512-BF16). Bit 2: the whole-step entry points (AVX-512).
+int kernel_features(void) { return HAVE_VNNI512 | HAVE_BF16C << 1 | HAVE_AVX512 << 2; }

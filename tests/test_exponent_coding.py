@@ -1,0 +1,190 @@
+"""Exponent-coded bfloat16: lossless, three quarters of the bytes, multiplied by the CPU kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional
+
+from deepseek_ocr import cpu_kernel, kernel_linear, load_model, plan_runtime
+from deepseek_ocr.exponent_coding import ExponentCodedLinear, can_code, code_linears, decode_exponent_coded
+from deepseek_ocr.quantization import quantize_linears_int4
+
+from .test_quantization import case_inputs
+
+pytestmark = pytest.mark.skipif(not can_code(), reason="the CPU kernel has no AVX512-BF16 product here")
+
+
+def normal_weight(out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (0.02 * torch.randn(out_features, in_features, generator=generator)).to(torch.bfloat16)
+
+
+def awkward_weight() -> torch.Tensor:
+    """Rows no 16 exponents can cover, and every special value a bfloat16 can hold."""
+    weight = normal_weight(6, 1280)
+    weight[0] = torch.logspace(-120, 120, 1280, base=2).to(torch.bfloat16) * torch.sign(torch.randn(1280))
+    weight[1, :8] = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, -1e-39, 3e38])
+    weight[2] = 0.0
+    weight[3, ::5] = 2.0**-100
+    return weight
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+@pytest.mark.parametrize("shape", [(896, 1280), (1280, 896), (33, 200), (5, 32), (3, 6848)])
+def test_coding_gives_back_every_bit(shape):
+    weight = normal_weight(*shape)
+    layer = ExponentCodedLinear.from_weight(weight)
+    assert same_bits(layer.decoded_weight(), weight)
+    assert same_bits(decode_exponent_coded(layer.codes, layer.tables, layer.exception_rows, layer.exceptions, shape[1]), weight)
+
+
+def test_rows_beyond_sixteen_exponents_and_special_values_survive_coding():
+    weight = awkward_weight()
+    layer = ExponentCodedLinear.from_weight(weight)
+    assert layer.exceptions.shape[0] > 1000  # row 0 spans ~240 exponents
+    assert same_bits(layer.decoded_weight(), weight)
+    torch_decoded = decode_exponent_coded(layer.codes, layer.tables, layer.exception_rows, layer.exceptions, 1280)
+    assert same_bits(torch_decoded, weight)
+
+
+def test_a_decoder_weight_takes_three_quarters_of_its_bytes():
+    """12 bits a weight, a 32-byte table and a 4-byte exception offset per row, 4 bytes an exception."""
+    for shape in [(896, 1280), (1280, 896), (1280, 6848)]:
+        layer = ExponentCodedLinear.from_weight(normal_weight(*shape))
+        exceptions = layer.exceptions.shape[0]
+        assert exceptions < shape[0], shape  # rows of more than 16 distinct exponents are rare
+        assert layer.coded_bytes == 1.5 * shape[0] * shape[1] + 36 * shape[0] + 4 + 4 * exceptions, shape
+        assert layer.coded_bytes < 0.775 * 2 * shape[0] * shape[1]
+
+
+def test_only_bfloat16_weights_are_coded():
+    with pytest.raises(ValueError, match="bfloat16"):
+        ExponentCodedLinear.from_weight(torch.randn(4, 64))
+
+
+def float_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes: x rounded to bfloat16 times the exact weight."""
+    return x.to(torch.bfloat16).double() @ weight.double().T
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9, ExponentCodedLinear.kernel_max_rows])
+@pytest.mark.parametrize(("out_features", "in_features"), [(50, 1280), (7, 64), (33, 96), (1280, 896)])
+def test_products_equal_the_exact_weights_product_to_float32_rounding(rows, out_features, in_features):
+    weight = normal_weight(out_features, in_features, seed=rows)
+    layer = ExponentCodedLinear.from_weight(weight)
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows))
+    out = layer(x)  # float32 in, float32 out: no output rounding
+    reference = float_reference(x, weight)
+    scale = x.to(torch.bfloat16).double().abs() @ weight.double().abs().T
+    assert out.dtype == torch.float32 and out.shape == (rows, out_features)
+    assert ((out.double() - reference).abs() <= 1e-6 * scale + 1e-30).all()
+
+
+def test_exceptions_and_special_values_are_multiplied_too():
+    weight = awkward_weight()[[0, 2, 3]]  # the rows with exceptions, zeros and tiny values (no inf or nan)
+    layer = ExponentCodedLinear.from_weight(weight)
+    x = torch.randn(2, 1280, generator=torch.Generator().manual_seed(5))
+    reference = float_reference(x, weight)
+    scale = x.to(torch.bfloat16).double().abs() @ weight.double().abs().T
+    assert ((layer(x).double() - reference).abs() <= 1e-6 * scale + 1e-30).all()
+    assert torch.isnan(ExponentCodedLinear.from_weight(awkward_weight()[1:2])(x)).all()  # inf - inf + nan
+
+
+def test_bfloat16_outputs_are_rounded_once():
+    weight = normal_weight(96, 1280)
+    layer = ExponentCodedLinear.from_weight(weight)
+    x = torch.randn(3, 1280).to(torch.bfloat16)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, float_reference(x, weight).to(torch.bfloat16), atol=0, rtol=2**-8)
+
+
+def test_prefill_sized_inputs_give_exactly_what_the_bfloat16_linear_gives():
+    """Past kernel_max_rows the weight is decoded bit for bit for torch's matmul."""
+    weight = normal_weight(64, 256)
+    linear = nn.Linear(256, 64, dtype=torch.bfloat16)
+    linear.weight.data = weight
+    layer = ExponentCodedLinear.from_weight(weight, linear.bias.data)
+    prefill = torch.randn(2, ExponentCodedLinear.kernel_max_rows, 256).to(torch.bfloat16)
+    assert torch.equal(layer(prefill), linear(prefill))
+
+
+def test_without_the_kernel_the_torch_decoder_serves(monkeypatch):
+    weight = normal_weight(40, 320)
+    layer = ExponentCodedLinear.from_weight(weight)
+    x = torch.randn(1, 320).to(torch.bfloat16)
+    monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+    assert not layer.takes_kernel()
+    assert torch.equal(layer(x), functional.linear(x, weight))
+
+
+def test_grouped_products_mix_formats_and_equal_one_call_each():
+    torch.manual_seed(4)
+    holder = nn.Module()
+    holder.int4 = nn.Linear(128, 96, bias=False)
+    quantize_linears_int4(holder, ["int4"])
+    coded = [ExponentCodedLinear.from_weight(normal_weight(n, 128, seed=n)) for n in (5, 128)]
+    narrow = ExponentCodedLinear.from_weight(normal_weight(40, 64))
+    shared_input = torch.randn(1, 1, 128, dtype=torch.bfloat16)
+    pairs = [(coded[0], shared_input), (holder.int4, shared_input), (coded[1], shared_input)]
+    pairs.append((narrow, torch.randn(1, 1, 64, dtype=torch.bfloat16)))
+    grouped = kernel_linear.linear_many(pairs)
+    assert [out.shape for out in grouped] == [(1, 1, 5), (1, 1, 96), (1, 1, 128), (1, 1, 40)]
+    for out, (layer, x) in zip(grouped, pairs, strict=True):
+        assert torch.equal(out, layer(x))
+
+
+def coded_model(**plan):
+    directory, inputs = case_inputs("s15_base_square_md")
+    return load_model(directory, plan_runtime(device="cpu", **plan)), inputs
+
+
+def test_bfloat16_checkpoints_load_with_the_decoder_coded_and_the_vision_tower_as_is():
+    model, _ = coded_model(dtype="bfloat16", quant="none")
+    coded = {name for name, module in model.named_modules() if isinstance(module, ExponentCodedLinear)}
+    linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    assert "lm_head" in coded and "model.layers.1.mlp.experts.7.down_proj" in coded
+    assert all(name.startswith(("model.sam_model", "model.vision_model", "model.projector")) for name in linears)
+    assert all(layer.kernel_weights is not None for layer in model.model.layers)
+
+
+@pytest.mark.parametrize("plan", [{"dtype": "float32", "quant": "none"}, {"dtype": "bfloat16", "quant": "int4"}])
+def test_other_settings_are_not_coded(plan):
+    model, _ = coded_model(**plan)
+    assert not any(isinstance(module, ExponentCodedLinear) for module in model.modules())
+
+
+def test_without_the_kernel_bfloat16_stays_uncoded(monkeypatch):
+    monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+    model, _ = coded_model(dtype="bfloat16", quant="none")
+    assert not any(isinstance(module, ExponentCodedLinear) for module in model.modules())
+
+
+def test_a_coded_model_reads_a_page_as_the_uncoded_one(monkeypatch):
+    """Same weights: the prompt's logits agree to bfloat16 rounding and greedy picks the same first tokens."""
+    coded, inputs = coded_model(dtype="bfloat16", quant="none")
+    monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+    uncoded, _ = coded_model(dtype="bfloat16", quant="none")
+    monkeypatch.undo()
+    with torch.inference_mode():
+        logits = [model(**inputs, logits_to_keep=1).logits[0, -1] for model in (coded, uncoded)]
+        tokens = [
+            model.generate(**inputs, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=2)
+            for model in (coded, uncoded)
+        ]
+    assert functional.cosine_similarity(logits[0], logits[1], dim=0) > 0.999
+    assert torch.equal(tokens[0], tokens[1])
+
+
+def test_code_linears_replaces_only_the_named_layers():
+    holder = nn.Module()
+    holder.a, holder.b = nn.Linear(64, 32, dtype=torch.bfloat16), nn.Linear(64, 32, dtype=torch.bfloat16)
+    weight = holder.a.weight.detach().clone()
+    code_linears(holder, ["a"])
+    assert isinstance(holder.a, ExponentCodedLinear) and type(holder.b) is nn.Linear
+    assert same_bits(holder.a.decoded_weight(), weight) and holder.a.bias is not None
