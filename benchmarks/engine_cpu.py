@@ -8,7 +8,7 @@ measures each setting in a fresh process through the real loading path:
   gundam 1700x2200 (6 tiles + global view);
 * prefill: decoder seconds over the base-mode prompt (290 tokens);
 * decode: tokens/s after the first token, batch 1 and batch 4 (aggregate), with the default
-  repetition guard (n-gram 30, window 90), KV cache, greedy;
+  repetition guard (n-gram 30, window 90), KV cache, greedy, exactly ``--new-tokens`` tokens;
 * peak RSS: sampled every 20 ms while pages are read (model resident, after one untimed warm-up
   page): during the base-mode batch-1 runs (the reference's setting), over all runs (gundam and
   batch 4 included), and the process maximum (loading included);
@@ -140,11 +140,13 @@ def measure(checkpoint: Path, setting: str, reps: int, new_tokens: int) -> dict:
 
     def decode_rate(inputs: dict) -> float:
         length = inputs["input_ids"].shape[1]
+        # Exactly new_tokens, without EOS: min_new_tokens would add a processor that scans the
+        # whole vocabulary every step (~1.3 ms here), which no user's decoding runs.
+        model.generation_config.eos_token_id = None
         config = GenerationConfig(
             do_sample=False,
             max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            eos_token_id=1,
+            eos_token_id=None,
             pad_token_id=2,
         )
         guard = LogitsProcessorList([SlidingWindowNoRepeatNGram(30, 90, length, [128821, 128822])])
@@ -157,6 +159,7 @@ def measure(checkpoint: Path, setting: str, reps: int, new_tokens: int) -> dict:
             cache=GrowingCache(),
         )
         # stamps[0] is the prompt, stamps[1] the first token (end of prefill).
+        assert len(stamps.times) == new_tokens + 1, f"generated {len(stamps.times) - 1} tokens, not {new_tokens}"
         return inputs["input_ids"].shape[0] * (new_tokens - 1) / (stamps.times[-1] - stamps.times[1])
 
     results: dict[str, list[float]] = {

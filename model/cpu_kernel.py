@@ -161,7 +161,7 @@ class CpuKernel:
         """(N, K) bfloat16 -> codes, tables, exception_rows, exceptions (the layout in the C source)."""
         weight = weight.contiguous()
         n, k = weight.shape
-        tables = torch.empty(n, 32, dtype=torch.uint8)
+        tables = torch.empty(n, 16, dtype=torch.uint8)
         exception_rows = torch.empty(n + 1, dtype=torch.int32)
         threads = torch.get_num_threads()
         count = self._bf16c_plan(weight.data_ptr(), n, k, tables.data_ptr(), exception_rows.data_ptr(), threads)

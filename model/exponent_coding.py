@@ -1,18 +1,18 @@
 """Exponent-coded bfloat16: the same weights in three quarters of the bytes, for CPU decoding.
 
 Batch-1 decoding reads every active weight once per token (~1.15 GB in bfloat16), so on a CPU
-its speed is the memory bandwidth divided by the bytes. A bfloat16 is a sign bit, 8 exponent
-bits and 7 mantissa bits, and a row of weights uses few distinct exponents (12-16 in a
-normal-distributed row of 1,280): each weight keeps its sign and mantissa as a byte, and its
-exponent becomes a 4-bit index into a table of the row's 16 exponents. Where a row has more
-than 16, the weights outside the table (the rarest exponents) are listed as exceptions and
+its speed is the memory bandwidth divided by the bytes. A bfloat16's high byte is its sign and
+the top 7 bits of its exponent, and a row of weights uses few distinct high bytes (12-16 in a
+normal-distributed row of 1,280): each weight keeps its low byte, and its high byte becomes a
+4-bit index into a table of the row's 16 high bytes. Where a row has more than 16, the weights
+outside the table (the rarest high bytes: the smallest magnitudes) are listed as exceptions and
 added back after the row's dot product. Nothing is rounded: :meth:`ExponentCodedLinear.decoded_weight`
 gives back the checkpoint's weight bit for bit, and the kernel multiplies exactly those values
-(bfloat16 products are exact in float32, summed in float32, as torch's bfloat16 matmul does,
-in another order).
+(bfloat16 products are exact in float32, summed in float32 as torch's bfloat16 matmul does, in
+another order); activations are rounded to bfloat16, as a bfloat16 model's already are.
 
-The layout is in ``kernels/cpu_decode.c``. The kernel decodes a chunk of 64 weights in 8
-vector instructions, for AVX512-BF16 dot products (``vdpbf16ps``); on a CPU without
+The layout is in ``kernels/cpu_decode.c``. The kernel decodes a chunk of 64 weights in five
+vector instructions for two AVX512-BF16 dot products (``vdpbf16ps``); on a CPU without
 AVX512-BF16, bfloat16 weights are left as they are.
 """
 
@@ -33,7 +33,7 @@ class ExponentCodedLinear(KernelLinear):
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
         super().__init__(in_features, out_features, bias)
         self.register_buffer("codes", torch.empty(0, dtype=torch.uint8))  # (out, 96 * ceil(in / 64))
-        self.register_buffer("tables", torch.empty(0, dtype=torch.uint8))  # (out, 32)
+        self.register_buffer("tables", torch.empty(0, dtype=torch.uint8))  # (out, 16) high bytes
         self.register_buffer("exception_rows", torch.zeros(1, dtype=torch.int32))  # (out + 1)
         self.register_buffer("exceptions", torch.empty(0, 2, dtype=torch.int16))  # (count, 2): column, bits
 
@@ -71,12 +71,10 @@ def decode_exponent_coded(
     """The (out, in) bfloat16 weight, with torch operations (the reference for the C decoder)."""
     rows = codes.shape[0]
     chunks = codes.view(rows, -1, 96).to(torch.int32)
-    signs_and_mantissas, nibbles = chunks[..., :64], chunks[..., 64:]
+    low_bytes, nibbles = chunks[..., :64], chunks[..., 64:]
     index = torch.cat([nibbles & 15, nibbles >> 4], dim=-1).reshape(rows, -1)
-    exponents = (tables[:, 16:].to(torch.int32) << 1) | (tables[:, :16].to(torch.int32) >> 7)
-    exponent = exponents.gather(1, index).view_as(signs_and_mantissas)
-    bits = ((signs_and_mantissas & 0x80) << 8) | (exponent << 7) | (signs_and_mantissas & 0x7F)
-    weight = bits.reshape(rows, -1)[:, :in_features].to(torch.int16)
+    high_bytes = tables.to(torch.int32).gather(1, index).view_as(low_bytes)
+    weight = ((high_bytes << 8) | low_bytes).reshape(rows, -1)[:, :in_features].to(torch.int16)
     counts = (exception_rows[1:] - exception_rows[:-1]).long()
     exception_row = torch.repeat_interleave(torch.arange(rows), counts)
     weight[exception_row, exceptions[:, 0].long() & 0xFFFF] = exceptions[:, 1]

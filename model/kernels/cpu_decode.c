@@ -24,23 +24,22 @@
 // activations:
 //   sum_i w_i x_i = scale * sx * (sum_i q_i xq_i - 8 sum_i xq_i) + zero * sum_i x_i
 //
-// bf16c layout: a bfloat16 is a sign bit, 8 exponent bits and 7 mantissa bits, and a row of
-// weights uses few distinct exponents (12-16 in a normal-distributed row of 1,280). Each weight
-// keeps its sign and mantissa as one byte; its exponent becomes a 4-bit index into the row's
-// table of 16 exponents. Where a row has more than 16 distinct exponents, the table holds
-// exponent 0 and the 15 most frequent others; the remaining weights are coded as +0 and kept
-// as exceptions (column, bf16 value), added back after the row's dot product.
-//   codes           uint8 (N, 96 * ceil(K/64))   per 64 inputs: 64 bytes sign << 7 | mantissa,
-//                                                then 32 bytes of exponent indices, byte j
-//                                                holding input j's in its low nibble and input
-//                                                j + 32's in its high nibble; inputs past K +0
-//   tables          uint8 (N, 32)                per row and index: [0, 16) the exponent's bit 0
-//                                                at bit 7, [16, 32) the exponent >> 1: what the
-//                                                exponent adds to the bf16's low and high byte
+// bf16c layout: a bfloat16's high byte is its sign and the top 7 bits of its exponent, and a
+// row of weights uses few distinct high bytes (12-16 in a normal-distributed row of 1,280: the
+// exponents span ~14 values, of either sign). Each weight keeps its low byte as it is; its high
+// byte becomes a 4-bit index into the row's table of 16 high bytes. Where a row has more than
+// 16 distinct high bytes, the table holds 0x00 and the 15 most frequent others; the remaining
+// weights are coded as +0 and kept as exceptions (column, bf16 value), added back after the
+// row's dot product.
+//   codes           uint8 (N, 96 * ceil(K/64))   per 64 inputs: their 64 low bytes, then 32
+//                                                bytes of high-byte indices, byte j holding
+//                                                input j's in its low nibble and input j + 32's
+//                                                in its high nibble; inputs past K are +0
+//   tables          uint8 (N, 16)                per row, its high bytes in ascending order
 //   exception_rows  int32 (N + 1)                row n's exceptions are [rows[n], rows[n + 1])
 //   exceptions      uint16 (count, 2)            column, bf16 bits
-// A chunk of 64 decodes in ten vector instructions (the indices unpacked, two byte lookups, two
-// bit merges, two byte interleaves) into 64 bf16 weights for two AVX512-BF16 dot products (vdpbf16ps: bf16 pairs
+// A chunk of 64 decodes in five vector instructions (the indices unpacked, a byte lookup, two
+// byte interleaves) into 64 bf16 weights for two AVX512-BF16 dot products (vdpbf16ps: bf16 pairs
 // multiplied exactly, summed in float32). The interleave leaves them in the order
 // 0-7, 16-23, 32-39, 48-55 | 8-15, 24-31, 40-47, 56-63, so each call lays x out in that order
 // once. Subnormal bf16 weights and inputs count as zero in vdpbf16ps.
@@ -345,10 +344,6 @@ static inline int64_t decoded_position(int64_t i) {
     return t < 8 ? 8 * lane + t : 32 + 8 * lane + (t - 8);
 }
 
-static inline uint8_t table_exponent(const uint8_t *table, int index) {
-    return (uint8_t)((table[16 + index] << 1) | (table[index] >> 7));
-}
-
 static inline float exception_sum(const Weight *w, int64_t n, const float *x) {
     float sum = 0.f;
     for (int32_t e = w->exception_rows[n]; e < w->exception_rows[n + 1]; e++)
@@ -356,17 +351,22 @@ static inline float exception_sum(const Weight *w, int64_t n, const float *x) {
     return sum;
 }
 
-#if HAVE_BF16C
-// 64 coded weights -> two vectors of 32 bf16 in the decoded order.
-static inline void decode_chunk(const uint8_t *chunk, __m512i low_table, __m512i high_table, __m512i *first,
-                                __m512i *second) {
+#if HAVE_AVX512
+// A chunk's 64 low bytes and 64 high bytes (from the row's table, broadcast to every lane).
+static inline void decode_bytes(const uint8_t *chunk, __m512i table, __m512i *low, __m512i *high) {
     const __m512i nibbles = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(chunk + 64)));
     const __m512i index = _mm512_and_si512(_mm512_srlv_epi64(nibbles, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)),
                                            _mm512_set1_epi8(15));
-    const __m512i bytes = _mm512_loadu_si512((const void *)chunk), low7 = _mm512_set1_epi8(0x7f);
-    // low byte: exponent bit 0 | mantissa (0xF8: a | (b & c)); high byte: exponent >> 1 | sign (0xF4: a | (b & ~c))
-    const __m512i low = _mm512_ternarylogic_epi32(_mm512_shuffle_epi8(low_table, index), bytes, low7, 0xF8);
-    const __m512i high = _mm512_ternarylogic_epi32(_mm512_shuffle_epi8(high_table, index), bytes, low7, 0xF4);
+    *low = _mm512_loadu_si512((const void *)chunk);
+    *high = _mm512_shuffle_epi8(table, index);
+}
+#endif
+
+#if HAVE_BF16C
+// 64 coded weights -> two vectors of 32 bf16 in the decoded order.
+static inline void decode_chunk(const uint8_t *chunk, __m512i table, __m512i *first, __m512i *second) {
+    __m512i low, high;
+    decode_bytes(chunk, table, &low, &high);
     *first = _mm512_unpacklo_epi8(low, high);
     *second = _mm512_unpackhi_epi8(low, high);
 }
@@ -378,18 +378,17 @@ static inline void decode_chunk(const uint8_t *chunk, __m512i low_table, __m512i
         const int64_t chunks = coded_chunks(w->K), stride = 96 * chunks, width = 64 * chunks;          \
         const uint8_t *tables = (const uint8_t *)w->side;                                              \
         const uint8_t *codes[ROWS];                                                                    \
-        __m512i low_table[ROWS], high_table[ROWS];                                                     \
+        __m512i table[ROWS];                                                                           \
         __m512 acc[ROWS][ACTS];                                                                        \
         for (int r = 0; r < ROWS; r++) {                                                               \
             codes[r] = w->data + rows[r] * stride;                                                     \
-            low_table[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tables + rows[r] * 32))); \
-            high_table[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tables + rows[r] * 32 + 16))); \
+            table[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tables + rows[r] * 16))); \
             for (int s = 0; s < ACTS; s++) acc[r][s] = _mm512_setzero_ps();                            \
         }                                                                                              \
         for (int64_t c = 0; c < chunks; c++) {                                                         \
             for (int r = 0; r < ROWS; r++) {                                                           \
                 __m512i first, second;                                                                 \
-                decode_chunk(codes[r] + 96 * c, low_table[r], high_table[r], &first, &second);         \
+                decode_chunk(codes[r] + 96 * c, table[r], &first, &second);                           \
                 for (int s = 0; s < ACTS; s++) {                                                       \
                     const uint16_t *x = ordered + (m0 + s) * width + 64 * c;                           \
                     acc[r][s] = _mm512_dpbf16_ps(acc[r][s], (__m512bh)first, (__m512bh)_mm512_loadu_si512((const void *)x)); \
@@ -1009,20 +1008,14 @@ void bf16c_decode(const Weight *w, uint16_t *weight, int threads) {
     const uint8_t *tables = (const uint8_t *)w->side;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = 0; n < N; n++) {
-        const uint8_t *codes = w->data + n * stride, *table = tables + n * 32;
+        const uint8_t *codes = w->data + n * stride, *table = tables + n * 16;
         uint16_t *row = weight + n * K;
         int64_t c = 0;
 #if HAVE_AVX512
-        const __m512i low_table = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)table));
-        const __m512i high_table = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(table + 16)));
+        const __m512i lookup = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)table));
         for (; 64 * (c + 1) <= K; c++) {
-            const uint8_t *chunk = codes + 96 * c;
-            const __m512i nibbles = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(chunk + 64)));
-            const __m512i index = _mm512_and_si512(
-                _mm512_srlv_epi64(nibbles, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)), _mm512_set1_epi8(15));
-            const __m512i bytes = _mm512_loadu_si512((const void *)chunk), low7 = _mm512_set1_epi8(0x7f);
-            const __m512i low = _mm512_ternarylogic_epi32(_mm512_shuffle_epi8(low_table, index), bytes, low7, 0xF8);
-            const __m512i high = _mm512_ternarylogic_epi32(_mm512_shuffle_epi8(high_table, index), bytes, low7, 0xF4);
+            __m512i low, high;
+            decode_bytes(codes + 96 * c, lookup, &low, &high);
             for (int part = 0; part < 2; part++) {  // inputs 0-31, then 32-63, in natural order
                 const __m512i lo = _mm512_cvtepu8_epi16(part ? _mm512_extracti64x4_epi64(low, 1) : _mm512_castsi512_si256(low));
                 const __m512i hi = _mm512_cvtepu8_epi16(part ? _mm512_extracti64x4_epi64(high, 1) : _mm512_castsi512_si256(high));
@@ -1031,19 +1024,18 @@ void bf16c_decode(const Weight *w, uint16_t *weight, int threads) {
         }
 #endif
         for (int64_t k = 64 * c; k < K; k++) {
-            const uint8_t *chunk = codes + 96 * (k / 64), byte = chunk[k % 64];
+            const uint8_t *chunk = codes + 96 * (k / 64);
             const int64_t i = k % 64;
             const int index = i < 32 ? chunk[64 + i] & 15 : chunk[64 + i - 32] >> 4;
-            const uint16_t exponent = table_exponent(table, index);
-            row[k] = (uint16_t)((byte & 0x80) << 8 | exponent << 7 | (byte & 0x7f));
+            row[k] = (uint16_t)(table[index] << 8 | chunk[i]);
         }
         for (int32_t e = w->exception_rows[n]; e < w->exception_rows[n + 1]; e++)
             row[w->exceptions[2 * e]] = w->exceptions[2 * e + 1];
     }
 }
 
-// First pass of coding a bf16 (N, K) weight: each row's table, and exception_rows (N + 1) as
-// offsets. Returns the number of exceptions, or -1 when K is too wide for 16-bit columns.
+// First pass of coding a bf16 (N, K) weight: each row's table (N, 16), and exception_rows
+// (N + 1) as offsets. Returns the number of exceptions, or -1 when K is too wide for 16-bit columns.
 int64_t bf16c_plan(const uint16_t *weight, int64_t N, int64_t K, uint8_t *tables, int32_t *exception_rows,
                    int threads) {
     if (K <= 0 || K > 65535) return -1;
@@ -1051,31 +1043,28 @@ int64_t bf16c_plan(const uint16_t *weight, int64_t N, int64_t K, uint8_t *tables
     for (int64_t n = 0; n < N; n++) {
         int64_t count[256] = {0};
         const uint16_t *row = weight + n * K;
-        for (int64_t k = 0; k < K; k++) count[(row[k] >> 7) & 0xff]++;
+        for (int64_t k = 0; k < K; k++) count[row[k] >> 8]++;
         int distinct = 0;
-        for (int e = 0; e < 256; e++) distinct += count[e] > 0;
+        for (int h = 0; h < 256; h++) distinct += count[h] > 0;
         uint8_t keep[256] = {0};
         int64_t outside = 0;
         if (distinct <= 16) {
-            for (int e = 0; e < 256; e++) keep[e] = count[e] > 0;
-        } else {  // exponent 0 (what exceptions are coded as) and the 15 most frequent others
+            for (int h = 0; h < 256; h++) keep[h] = count[h] > 0;
+        } else {  // 0x00 (what exceptions are coded as, with a low byte of 0) and the 15 most frequent others
             keep[0] = 1;
             for (int chosen = 0; chosen < 15; chosen++) {
                 int best = -1;
-                for (int e = 255; e > 0; e--)  // larger exponents first among equal counts
-                    if (!keep[e] && count[e] > 0 && (best < 0 || count[e] > count[best])) best = e;
+                for (int h = 255; h > 0; h--)  // larger high bytes first among equal counts
+                    if (!keep[h] && count[h] > 0 && (best < 0 || count[h] > count[best])) best = h;
                 keep[best] = 1;
             }
-            for (int e = 1; e < 256; e++) outside += keep[e] ? 0 : count[e];
+            for (int h = 1; h < 256; h++) outside += keep[h] ? 0 : count[h];
         }
-        uint8_t *table = tables + n * 32;
+        uint8_t *table = tables + n * 16;
         int index = 0;
-        for (int e = 0; e < 256; e++) {  // ascending, so that index 0 is the smallest exponent
-            if (!keep[e]) continue;
-            table[index] = (uint8_t)((e & 1) << 7), table[16 + index] = (uint8_t)(e >> 1);
-            index++;
-        }
-        for (; index < 16; index++) table[index] = table[0], table[16 + index] = table[16];
+        for (int h = 0; h < 256; h++)  // ascending: index 0 is the smallest (0x00 where there are exceptions)
+            if (keep[h]) table[index++] = (uint8_t)h;
+        for (; index < 16; index++) table[index] = table[0];
         exception_rows[n + 1] = (int32_t)outside;
     }
     int64_t total = 0;
@@ -1094,26 +1083,25 @@ void bf16c_encode(const uint16_t *weight, int64_t N, int64_t K, const uint8_t *t
     const int64_t chunks = coded_chunks(K), stride = 96 * chunks;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t n = 0; n < N; n++) {
-        const uint8_t *table = tables + n * 32;
+        const uint8_t *table = tables + n * 16;
         int index_of[256];
-        for (int e = 0; e < 256; e++) index_of[e] = -1;
-        for (int i = 15; i >= 0; i--) index_of[table_exponent(table, i)] = i;
+        for (int h = 0; h < 256; h++) index_of[h] = -1;
+        for (int i = 15; i >= 0; i--) index_of[table[i]] = i;
         const uint16_t *row = weight + n * K;
         uint8_t *out = codes + n * stride;
         memset(out, 0, (size_t)stride);
         int32_t next = exception_rows[n];
         for (int64_t k = 0; k < K; k++) {
-            const int exponent = (row[k] >> 7) & 0xff;
-            int index = index_of[exponent];
-            uint8_t byte = (uint8_t)((row[k] >> 8 & 0x80) | (row[k] & 0x7f));
-            if (index < 0) {  // coded as +0 (exponent 0 is index 0), added back from the list
+            int index = index_of[row[k] >> 8];
+            uint8_t low = (uint8_t)row[k];
+            if (index < 0) {  // coded as +0 (0x00 is index 0), added back from the list
                 exceptions[2 * next] = (uint16_t)k, exceptions[2 * next + 1] = row[k];
                 next++;
-                index = 0, byte = 0;
+                index = 0, low = 0;
             }
             uint8_t *chunk = out + 96 * (k / 64);
             const int64_t i = k % 64;
-            chunk[i] = byte;
+            chunk[i] = low;
             chunk[64 + i % 32] |= (uint8_t)(i < 32 ? index : index << 4);
         }
     }
