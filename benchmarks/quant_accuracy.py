@@ -1,15 +1,18 @@
-"""Quantized settings against float32 on every parity fixture case (a measurement, not a test).
+"""bfloat16 and the quantized settings against float32 on every parity fixture case (a measurement, not a test).
 
 For each case of ``shared/fixtures/deepseek-ocr-parity`` (or ``DOCCONV_PARITY_FIXTURES``): the
 cosine similarity of the first next-token logits with float32, and how many of the first 24
-greedy tokens agree with float32. ``tests/test_quantization.py`` guards the figures on three cases.
+greedy tokens agree with float32. ``none`` is bfloat16 as docconv runs it on this CPU
+(exponent-coded where the CPU kernel can), ``none-torch`` bfloat16 with the CPU kernel off.
+``tests/test_quantization.py`` guards the figures on three cases.
 
-    python benchmarks/quant_accuracy.py --quant 8bit 4bit int4
+    python benchmarks/quant_accuracy.py --quant none none-torch 8bit 4bit int4
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -18,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from deepseek_ocr import DeepseekOcrProcessor, load_model, plan_runtime
+from deepseek_ocr import DeepseekOcrProcessor, cpu_kernel, load_model, plan_runtime
 from deepseek_ocr.generation import greedy_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,17 +38,34 @@ def greedy(model, inputs: dict) -> tuple[list[int], torch.Tensor]:
     return out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), out.scores[0][0].float()
 
 
+@contextlib.contextmanager
+def kernel_switched_off(off: bool):
+    """The CPU kernel unavailable while loading (bfloat16 then stays uncoded)."""
+    if not off:
+        yield
+        return
+    os.environ[cpu_kernel.ENV_SWITCH] = "0"
+    cpu_kernel.load.cache_clear()
+    try:
+        yield
+    finally:
+        del os.environ[cpu_kernel.ENV_SWITCH]
+        cpu_kernel.load.cache_clear()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quant", nargs="+", default=["8bit", "4bit", "int4"])
+    parser.add_argument("--quant", nargs="+", default=["none", "none-torch", "8bit", "4bit", "int4"])
     args = parser.parse_args()
-    models: dict[tuple[str, str], object] = {}
+    models: dict[tuple[int, str, str], object] = {}
 
     def model(seed: int, dtype: str, quant: str):
-        if (f"{seed}", quant) not in models:
+        if (seed, dtype, quant) not in models:
             directory = PARITY / "models" / f"seed{seed}"
-            models[f"{seed}", quant] = load_model(directory, plan_runtime(device="cpu", dtype=dtype, quant=quant))
-        return models[f"{seed}", quant]
+            plan = plan_runtime(device="cpu", dtype=dtype, quant=quant.removesuffix("-torch"))
+            with kernel_switched_off(quant.endswith("-torch")):
+                models[seed, dtype, quant] = load_model(directory, plan)
+        return models[seed, dtype, quant]
 
     rows: dict[tuple[str, int], list[tuple[float, int]]] = {}
     for case in sorted(p for p in (PARITY / "cases").iterdir() if p.is_dir()):
