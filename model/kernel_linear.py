@@ -2,11 +2,12 @@
 
 Two formats share the kernel (``kernels/cpu_decode.c``): int4 (:class:`~.quantization.Int4Linear`,
 lossy, a quarter of the bfloat16 bytes) and exponent-coded bfloat16
-(:class:`~.exponent_coding.ExponentCodedLinear`, lossless, three quarters). Both are read at
-batch 1 by the kernel's product, which is what decoding is bound by; longer inputs (prefill)
-decode the weight to bfloat16 for torch's matmul.
+(:class:`~.exponent_coding.ExponentCodedLinear`, lossless, three quarters). Up to
+:attr:`KernelLinear.kernel_max_rows` activation rows (decoding) are multiplied by the kernel's
+product, whose speed is how fast the weight streams in; longer inputs (prefill) decode the
+weight to bfloat16 for torch's matmul.
 
-Decoding one token at batch 1, the decoder runs each half of a layer in one kernel call where
+Decoding one token per sequence, the decoder runs each half of a layer in one kernel call where
 every weight of the layer allows it (:func:`attention_step`, :func:`mlp_step`): after each
 weight stream the caches are cold, and the ~30 small torch operations a layer would otherwise
 run cost more than its weights take to read. Each returns False where it does not apply, and
@@ -23,7 +24,7 @@ from torch.nn import functional
 
 from . import cpu_kernel
 
-#: Most rows :func:`mlp_step` takes at once (the kernel's limit).
+#: Most sequences :func:`attention_step` and :func:`mlp_step` take at once (the kernel's limit).
 MAX_STEP_ROWS = 16
 
 
