@@ -234,13 +234,16 @@ class DecoderLayer(nn.Module):
     def prepare_kernel_step(self) -> None:
         """After the weights are in a kernel format: a one-token decoding step then runs each
         half of the layer in one kernel call (where every projection of the layer allows it)."""
-        names = ("gate_proj", "up_proj", "down_proj")
-        attention = fused_weights([getattr(self.self_attn, f"{x}_proj") for x in "qkvo"])
+
+        def projections(mlp: SwiGluMlp) -> list[nn.Module]:
+            return [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+
         moe = isinstance(self.mlp, MoeMlp)
-        routed = fused_weights([getattr(e, name) for e in self.mlp.experts for name in names]) if moe else None
-        shared_mlp = self.mlp.shared_experts if moe else self.mlp
-        shared = fused_weights([getattr(shared_mlp, name) for name in names]) if shared_mlp is not None else None
-        complete = attention is not None and (routed is not None or not moe) and (shared is not None or shared_mlp is None)
+        shared_mlp = self.mlp.shared_experts if moe else self.mlp  # a dense MLP runs as the shared one
+        attention = fused_weights([getattr(self.self_attn, f"{x}_proj") for x in "qkvo"])
+        routed = fused_weights([p for expert in self.mlp.experts for p in projections(expert)]) if moe else None
+        shared = fused_weights(projections(shared_mlp)) if shared_mlp is not None else None
+        complete = attention is not None and (routed is not None) == moe and (shared is not None) == (shared_mlp is not None)
         self.kernel_weights = (attention, routed, shared) if complete else None
 
     def _apply(self, fn, recurse=True):

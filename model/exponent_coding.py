@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import cpu_kernel
-from .kernel_linear import KernelLinear
+from .kernel_linear import KernelLinear, replace_linears
 
 
 class ExponentCodedLinear(KernelLinear):
@@ -47,8 +47,7 @@ class ExponentCodedLinear(KernelLinear):
         return layer
 
     def takes_kernel(self) -> bool:
-        kernel = cpu_kernel.load()
-        return kernel is not None and kernel.coded_bf16
+        return can_code()
 
     def descriptor_fields(self) -> tuple[int, int, tuple[torch.Tensor, ...]]:
         return cpu_kernel.FORMAT_BF16C, 0, (self.codes, self.tables, self.exception_rows, self.exceptions)
@@ -88,15 +87,11 @@ def can_code() -> bool:
 
 
 def code_linears(model: nn.Module, names: list[str], read_weight: Callable[[str], torch.Tensor] | None = None) -> None:
-    """Replace the named bfloat16 ``nn.Linear`` submodules of ``model`` by :class:`ExponentCodedLinear`.
+    """Replace the named bfloat16 ``nn.Linear`` submodules of ``model`` by :class:`ExponentCodedLinear`
+    (``read_weight`` as :func:`~.kernel_linear.replace_linears` takes it)."""
 
-    ``read_weight(parameter_name)`` supplies each weight (for example straight from the
-    checkpoint file); by default the module's own.
-    """
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        linear = getattr(parent, child)
-        weight = read_weight(f"{name}.weight") if read_weight else linear.weight.detach()
+    def code(linear: nn.Linear, weight: torch.Tensor) -> ExponentCodedLinear:
         # A checkpoint stored in float32 (the test fixtures) becomes bfloat16 as from_pretrained makes it.
-        setattr(parent, child, ExponentCodedLinear.from_weight(weight.to(torch.bfloat16), linear.bias))
+        return ExponentCodedLinear.from_weight(weight.to(torch.bfloat16), linear.bias)
+
+    replace_linears(model, names, code, read_weight)

@@ -16,6 +16,7 @@ the caller takes the torch path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,23 @@ class KernelLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+def replace_linears(
+    model: nn.Module,
+    names: list[str],
+    convert: Callable[[nn.Linear, torch.Tensor], nn.Module],
+    read_weight: Callable[[str], torch.Tensor] | None = None,
+) -> None:
+    """Replace each named ``nn.Linear`` submodule of ``model`` by ``convert(linear, weight)``, one at
+    a time. ``read_weight(parameter_name)`` supplies each weight (for example straight from the
+    checkpoint file, so the full-precision model is never resident); by default the module's own."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        linear = getattr(parent, child)
+        weight = read_weight(f"{name}.weight") if read_weight else linear.weight.detach()
+        setattr(parent, child, convert(linear, weight))
+
+
 def takes_fused_steps(layer: nn.Module) -> bool:
     return isinstance(layer, KernelLinear) and layer.takes_fused_steps()
 
@@ -146,7 +164,9 @@ def attention_step(
     (B, heads, capacity, head_dim) holding ``length`` positions for every sequence, attention and
     o_proj, in one kernel call. False (nothing written) where that cannot be done."""
     rows = hidden.numel() // hidden.shape[-1]
-    cos, sin = (t.expand(rows, *t.shape[1:]) if t.shape[0] == 1 else t for t in rotary)  # positions shared
+    cos, sin = rotary
+    if rows > 1 and cos.shape[0] == 1:  # one position for every sequence
+        cos, sin = cos.expand(rows, *cos.shape[1:]), sin.expand(rows, *sin.shape[1:])
     if (
         rows > MAX_STEP_ROWS
         or not hidden.is_contiguous()

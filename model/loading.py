@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,20 +332,12 @@ def store_routers_in_float32(model: nn.Module) -> None:
             module.weight.data = module.weight.data.float()
 
 
-def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors, modules_per_step: int = 64) -> None:
-    """int4-quantize the decoder linears and lm_head, reading each float weight from the file.
-
-    The float32 temporaries of thousands of small quantizations fragment the heap; returning
-    freed memory every few dozen modules keeps the load's peak near the final size.
-    """
-    names = list(quantizable_linears(model, "int4"))
-    for start in range(0, len(names), modules_per_step):
-        quantize_linears_int4(model, names[start : start + modules_per_step], tensors.read)
-        return_freed_memory()
-    prepare_kernel_steps(model)
+def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors) -> None:
+    """int4-quantize the decoder linears and lm_head, reading each float weight from the file."""
+    convert_from_checkpoint(model, list(quantizable_linears(model, "int4")), quantize_linears_int4, tensors)
 
 
-def code_from_checkpoint(model: nn.Module, tensors: CheckpointTensors, modules_per_step: int = 64) -> None:
+def code_from_checkpoint(model: nn.Module, tensors: CheckpointTensors) -> None:
     """Exponent-code the bfloat16 decoder linears and lm_head (lossless, 3/4 of the bytes; see
     :mod:`.exponent_coding`), reading each weight from the file; the vision tower stays as it is."""
     names = [
@@ -352,8 +345,18 @@ def code_from_checkpoint(model: nn.Module, tensors: CheckpointTensors, modules_p
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and not any(name.startswith(prefix) for prefix in VISION_MODULES)
     ]
+    convert_from_checkpoint(model, names, code_linears, tensors)
+
+
+def convert_from_checkpoint(
+    model: nn.Module, names: list[str], convert: Callable, tensors: CheckpointTensors, modules_per_step: int = 64
+) -> None:
+    """``convert(model, names, read_weight)`` a few dozen modules at a time, then prepare the
+    kernel's decoding steps. The float temporaries of thousands of small conversions fragment
+    the heap; returning freed memory every few dozen modules keeps the load's peak near the
+    final size."""
     for start in range(0, len(names), modules_per_step):
-        code_linears(model, names[start : start + modules_per_step], tensors.read)
+        convert(model, names[start : start + modules_per_step], tensors.read)
         return_freed_memory()
     prepare_kernel_steps(model)
 

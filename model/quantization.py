@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import cpu_kernel
-from .kernel_linear import KernelLinear
+from .kernel_linear import KernelLinear, replace_linears
 
 #: Group sizes, largest first; a layer takes the largest that divides its input width.
 GROUP_SIZES = (64, 32)
@@ -145,20 +145,16 @@ def dequantize_int4(packed: torch.Tensor, scale_and_zero: torch.Tensor, group_si
 def quantize_linears_int4(
     model: nn.Module, names: list[str], read_weight: Callable[[str], torch.Tensor] | None = None
 ) -> None:
-    """Replace the named ``nn.Linear`` submodules of ``model`` by :class:`Int4Linear`, one at a time.
-
-    ``read_weight(parameter_name)`` supplies each float weight (for example straight from the
-    checkpoint file, so the full-precision model is never resident); by default the module's own.
-    """
+    """Replace the named ``nn.Linear`` submodules of ``model`` by :class:`Int4Linear`, one at a time
+    (``read_weight`` as :func:`~.kernel_linear.replace_linears` takes it)."""
     kernel = cpu_kernel.load()
     pytorch_is_faster = kernel is None or not kernel.int4_vnni
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        linear = getattr(parent, child)
-        weight = read_weight(f"{name}.weight") if read_weight else linear.weight.detach()
+
+    def quantize(linear: nn.Linear, weight: torch.Tensor) -> Int4Linear:
         module = Int4Linear(linear.in_features, linear.out_features, int4_group_size(linear), linear.bias)
         module.packed_weight, module.scale_and_zero = quantize_int4(weight, module.group_size)
         if pytorch_is_faster and module.out_features % 16 == 0:
             module.use_pytorch_kernel()
-        setattr(parent, child, module)
+        return module
+
+    replace_linears(model, names, quantize, read_weight)

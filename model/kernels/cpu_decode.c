@@ -1108,5 +1108,5 @@ void bf16c_encode(const uint16_t *weight, int64_t N, int64_t K, const uint8_t *t
 }
 
 // Bit 0: the int4 VNNI path (the fast one; else int4 runs the portable loops). Bit 1: the
-// bf16c product (AVX512-BF16). Bit 2: the whole-step entry points (AVX-512).
-int kernel_features(void) { return HAVE_VNNI512 | HAVE_BF16C << 1 | HAVE_AVX512 << 2; }
+// bf16c product (AVX512-BF16).
+int kernel_features(void) { return HAVE_VNNI512 | HAVE_BF16C << 1; }
