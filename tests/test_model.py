@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -135,3 +136,35 @@ def test_from_pretrained_loads_the_official_layout_without_key_mismatches(tiny_m
     model, info = DeepseekOcrForConditionalGeneration.from_pretrained(tiny_model_dir, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert model.model.view_seperator.shape == (model.config.hidden_size,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relative_position_bias_is_the_same_added_or_multiplied(dtype):
+    from deepseek_ocr.sam import relative_position_bias
+
+    torch.manual_seed(0)
+    rel_h = torch.randn(2, 3, 4, 6, 5).to(dtype)  # (b, heads, rows, w, h)
+    rel_w = torch.randn(2, 3, 4, 6, 6).to(dtype)
+    added = relative_position_bias(rel_h, rel_w, multiply=False)
+    multiplied = relative_position_bias(rel_h, rel_w, multiply=True)
+    assert added.shape == (2, 3, 24, 30)
+    # key (ky, kx) = (3, 2) of query row 1, column 4, is rel_h[..., 3] + rel_w[..., 2]
+    assert added[1, 2, 1 * 6 + 4, 3 * 6 + 2] == (rel_h[1, 2, 1, 4, 3].float() + rel_w[1, 2, 1, 4, 2].float()).to(dtype)
+    assert torch.equal(added, multiplied)
+
+
+def test_sam_attention_in_bfloat16_follows_float32(tiny):
+    """The bfloat16 path (bias by product, large chunks) computes the float32 attention, rounded."""
+    model, _ = tiny
+    block = next(b for b in model.model.sam_model.blocks if not b.window_size)
+    attention = copy.deepcopy(block.attn)  # the module-scoped model stays as loaded
+    grid = 12
+    torch.manual_seed(1)
+    x = torch.randn(2, grid, grid, attention.qkv.in_features)
+    with torch.inference_mode():
+        for p in (attention.rel_pos_h, attention.rel_pos_w):
+            p.copy_(torch.randn_like(p))  # a visible bias (the tiny checkpoint's is near zero)
+        reference = attention(x)
+        halved = copy.deepcopy(attention).to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    cosine = torch.nn.functional.cosine_similarity(halved.flatten(), reference.flatten(), dim=0)
+    assert cosine > 0.999
