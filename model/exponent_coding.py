@@ -64,6 +64,12 @@ class ExponentCodedLinear(KernelLinear):
         return sum(t.numel() * t.element_size() for t in self.descriptor_fields()[2])
 
 
+def exponent_coded_bytes(out_features: int, in_features: int, exceptions: int = 0) -> int:
+    """Bytes of a coded (out_features, in_features) weight: per row 96 bytes for every 64 inputs
+    (rounded up), its 16-entry table and its exception offset; 4 bytes per exception."""
+    return out_features * (96 * -(-in_features // 64) + 16 + 4) + 4 + 4 * exceptions
+
+
 def decode_exponent_coded(
     codes: torch.Tensor, tables: torch.Tensor, exception_rows: torch.Tensor, exceptions: torch.Tensor, in_features: int
 ) -> torch.Tensor:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .configuration import DeepseekOcrConfig
 from .decoder import DecoderLayer, MoeRouter
-from .exponent_coding import can_code, code_linears
+from .exponent_coding import can_code, code_linears, exponent_coded_bytes
 from .modeling import DeepseekOcrForConditionalGeneration
 from .quantization import int4_group_size, quantize_linears_int4
 
@@ -131,17 +131,47 @@ def available_memory(device: str) -> int:
     return psutil.virtual_memory().available
 
 
-def estimate_weight_bytes(config: DeepseekOcrConfig, dtype: torch.dtype, quant: str = "none") -> int:
-    """Bytes of weights in memory for this dtype and quantization (no model is built)."""
+def estimate_weight_bytes(
+    config: DeepseekOcrConfig, dtype: torch.dtype, quant: str = "none", coded: bool = False
+) -> int:
+    """Bytes of weights in memory for this dtype and quantization (no model is built); ``coded``:
+    bfloat16 with the decoder and lm_head exponent-coded (:func:`codes_bfloat16`)."""
     with torch.device("meta"):
         model = DeepseekOcrForConditionalGeneration(config)
     element = torch.finfo(dtype).bits // 8
+    total = sum(p.numel() for p in model.parameters())
+    if coded:
+        linears = [model.get_submodule(name) for name in codable_linears(model)]
+        uncoded = total - sum(m.weight.numel() for m in linears)
+        return int(uncoded * element + sum(exponent_coded_bytes(m.out_features, m.in_features) for m in linears))
     quantized = (
         sum(m.weight.numel() for m in quantizable_linears(model, quant).values()) if quant != "none" else 0
     )
-    total = sum(p.numel() for p in model.parameters())
     per_quantized = _QUANT_BYTES.get(quant, element)
     return int((total - quantized) * element + quantized * per_quantized)
+
+
+def memory_needed(config: DeepseekOcrConfig, device: str, dtype: torch.dtype, quant: str) -> int:
+    """Bytes to hold the weights as loading will store them, plus the runtime's headroom."""
+    weights = estimate_weight_bytes(config, dtype, quant)
+    if not codes_bfloat16(device, dtype, quant):
+        return int(weights * _RUNTIME_HEADROOM)
+    # Activations and caches do not shrink with the coding: the headroom stays the uncoded one's.
+    return int(estimate_weight_bytes(config, dtype, coded=True) + weights * (_RUNTIME_HEADROOM - 1))
+
+
+def codes_bfloat16(device: str, dtype: torch.dtype, quant: str) -> bool:
+    """Whether loading exponent-codes the bfloat16 weights (unquantized, on a CPU with AVX512-BF16)."""
+    return device == "cpu" and quant == "none" and dtype == torch.bfloat16 and can_code()
+
+
+def codable_linears(model: nn.Module) -> list[str]:
+    """The nn.Linear layers exponent coding replaces: every one outside the vision tower."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(name.startswith(prefix) for prefix in VISION_MODULES)
+    ]
 
 
 def quantizable_linears(model: nn.Module, quant: str) -> dict[str, nn.Linear]:
@@ -180,7 +210,7 @@ def plan_runtime(
     if quant == "auto":
         chosen_quant, reason = "none", "full precision fits"
         if config is not None and chosen_device != "mps":  # MPS shares memory it cannot report
-            need = estimate_weight_bytes(config, chosen_dtype) * _RUNTIME_HEADROOM
+            need = memory_needed(config, chosen_device, chosen_dtype, "none")
             if need > available_memory(chosen_device):
                 chosen_quant, reason = (
                     "int4" if chosen_device == "cpu" else "4bit",
@@ -254,7 +284,7 @@ def check_tensors(path: Path, config: DeepseekOcrConfig) -> None:
 
 
 def check_memory(config: DeepseekOcrConfig, plan: RuntimePlan) -> None:
-    need = int(estimate_weight_bytes(config, plan.dtype, plan.quant) * _RUNTIME_HEADROOM)
+    need = memory_needed(config, plan.device, plan.dtype, plan.quant)
     free = available_memory(plan.device)
     if need > free:
         smallest = "int4" if plan.device == "cpu" else "4bit"
@@ -314,7 +344,7 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
         tensors = CheckpointTensors(weight_files(directory))
         if plan.quant == "int4":
             quantize_from_checkpoint(model, tensors)
-        if plan.quant == "none" and plan.dtype == torch.bfloat16 and can_code():
+        if codes_bfloat16(plan.device, plan.dtype, plan.quant):
             code_from_checkpoint(model, tensors)
         if plan.quant == "4bit":
             repack_bitsandbytes_for_cpu(model)
@@ -340,12 +370,7 @@ def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors) -> No
 def code_from_checkpoint(model: nn.Module, tensors: CheckpointTensors) -> None:
     """Exponent-code the bfloat16 decoder linears and lm_head (lossless, 3/4 of the bytes; see
     :mod:`.exponent_coding`), reading each weight from the file; the vision tower stays as it is."""
-    names = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not any(name.startswith(prefix) for prefix in VISION_MODULES)
-    ]
-    convert_from_checkpoint(model, names, code_linears, tensors)
+    convert_from_checkpoint(model, codable_linears(model), code_linears, tensors)
 
 
 def convert_from_checkpoint(

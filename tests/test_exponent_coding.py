@@ -8,7 +8,14 @@ from torch import nn
 from torch.nn import functional
 
 from deepseek_ocr import cpu_kernel, kernel_linear, load_model, plan_runtime
-from deepseek_ocr.exponent_coding import ExponentCodedLinear, can_code, code_linears, decode_exponent_coded
+from deepseek_ocr.exponent_coding import (
+    ExponentCodedLinear,
+    can_code,
+    code_linears,
+    decode_exponent_coded,
+    exponent_coded_bytes,
+)
+from deepseek_ocr.loading import estimate_weight_bytes
 from deepseek_ocr.quantization import quantize_linears_int4
 
 from .test_quantization import case_inputs
@@ -60,6 +67,18 @@ def test_a_decoder_weight_takes_three_quarters_of_its_bytes():
         assert exceptions < shape[0], shape  # rows of more than 16 distinct exponents are rare
         assert layer.coded_bytes == 1.5 * shape[0] * shape[1] + 20 * shape[0] + 4 + 4 * exceptions, shape
         assert layer.coded_bytes < 0.765 * 2 * shape[0] * shape[1]
+        assert layer.coded_bytes == exponent_coded_bytes(*shape, exceptions), shape
+    odd = ExponentCodedLinear.from_weight(normal_weight(5, 100))  # inputs past 100 padded to 128
+    assert odd.coded_bytes == exponent_coded_bytes(5, 100, odd.exceptions.shape[0])
+
+
+def test_the_memory_estimate_counts_the_coded_model_to_the_byte():
+    model, _ = coded_model(dtype="bfloat16", quant="none")
+    held = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    # loading keeps the routers' small weights in float32 (exact), which the estimate counts as bf16
+    routers = sum(m.gate.weight.numel() * 2 for m in model.modules() if hasattr(m, "gate") and hasattr(m, "experts"))
+    held_bytes = sum(t.numel() * t.element_size() for t in held.values()) - routers
+    assert held_bytes == estimate_weight_bytes(model.config, torch.bfloat16, coded=True)
 
 
 def test_only_bfloat16_weights_are_coded():

@@ -95,6 +95,16 @@ def test_auto_quantizes_to_4bit_when_full_precision_does_not_fit(monkeypatch):
     assert plan_runtime(device="cpu", dtype="bfloat16", config=config).quant == "none"
 
 
+def test_auto_keeps_lossless_bfloat16_where_only_the_coded_weights_fit(monkeypatch):
+    """7 GB free: the 6.7 GB bfloat16 checkpoint with headroom does not fit, exponent-coded it does."""
+    config = DeepseekOcrConfig.from_pretrained(REFERENCE)
+    monkeypatch.setattr(loading, "available_memory", lambda device: 7_000_000_000)
+    monkeypatch.setattr(loading, "can_code", lambda: True)
+    assert plan_runtime(device="cpu", dtype="bfloat16", config=config).quant == "none"
+    monkeypatch.setattr(loading, "can_code", lambda: False)  # a CPU without AVX512-BF16
+    assert plan_runtime(device="cpu", dtype="bfloat16", config=config).quant == "int4"
+
+
 def test_int4_is_refused_off_the_cpu(monkeypatch):
     monkeypatch.setattr(loading, "pick_device", lambda requested: "cuda")
     monkeypatch.setattr(loading, "pick_dtype", lambda device, requested: torch.bfloat16)
@@ -109,6 +119,8 @@ def test_memory_estimates_for_the_real_model():
     assert 3.9e9 < estimate_weight_bytes(config, torch.bfloat16, "8bit") < 4.3e9
     assert 2.6e9 < estimate_weight_bytes(config, torch.bfloat16, "4bit") < 3.0e9
     assert 2.5e9 < estimate_weight_bytes(config, torch.bfloat16, "int4") < 2.8e9  # lm_head quantized too
+    coded = estimate_weight_bytes(config, torch.bfloat16, coded=True)  # decoder and lm_head coded
+    assert 0.79 * bf16 < coded < 0.81 * bf16
 
 
 def test_runtime_plan_on_this_machine():
