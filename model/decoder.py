@@ -219,7 +219,6 @@ class MoeMlp(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config: DeepseekOcrConfig, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx
         self.self_attn = DecoderAttention(config, layer_idx)
         self.mlp = (
             MoeMlp(config)
@@ -293,7 +292,8 @@ class DecoderLayer(nn.Module):
         if attention_mask is not None:  # padded batches
             return None
         layers = getattr(cache, "layers", None)
-        layer = layers[self.layer_idx] if layers is not None and len(layers) > self.layer_idx else None
+        index = self.self_attn.layer_idx
+        layer = layers[index] if layers is not None and len(layers) > index else None
         room = layer.room_for(1) if isinstance(layer, GrowingLayer) else None
         if room is None:
             return None

@@ -136,8 +136,26 @@ def estimate_weight_bytes(
 ) -> int:
     """Bytes of weights in memory for this dtype and quantization (no model is built); ``coded``:
     bfloat16 with the decoder and lm_head exponent-coded (:func:`codes_bfloat16`)."""
+    return _weight_bytes(_meta_model(config), dtype, quant, coded)
+
+
+def memory_needed(config: DeepseekOcrConfig, device: str, dtype: torch.dtype, quant: str) -> int:
+    """Bytes to hold the weights as loading will store them, plus the runtime's headroom."""
+    model = _meta_model(config)
+    weights = _weight_bytes(model, dtype, quant, coded=False)
+    if not codes_bfloat16(device, dtype, quant):
+        return int(weights * _RUNTIME_HEADROOM)
+    # Activations and caches do not shrink with the coding: the headroom stays the uncoded one's.
+    return int(_weight_bytes(model, dtype, quant, coded=True) + weights * (_RUNTIME_HEADROOM - 1))
+
+
+def _meta_model(config: DeepseekOcrConfig) -> nn.Module:
+    """The model's structure without memory: names, shapes and module types."""
     with torch.device("meta"):
-        model = DeepseekOcrForConditionalGeneration(config)
+        return DeepseekOcrForConditionalGeneration(config)
+
+
+def _weight_bytes(model: nn.Module, dtype: torch.dtype, quant: str, coded: bool) -> int:
     element = torch.finfo(dtype).bits // 8
     total = sum(p.numel() for p in model.parameters())
     if coded:
@@ -149,15 +167,6 @@ def estimate_weight_bytes(
     )
     per_quantized = _QUANT_BYTES.get(quant, element)
     return int((total - quantized) * element + quantized * per_quantized)
-
-
-def memory_needed(config: DeepseekOcrConfig, device: str, dtype: torch.dtype, quant: str) -> int:
-    """Bytes to hold the weights as loading will store them, plus the runtime's headroom."""
-    weights = estimate_weight_bytes(config, dtype, quant)
-    if not codes_bfloat16(device, dtype, quant):
-        return int(weights * _RUNTIME_HEADROOM)
-    # Activations and caches do not shrink with the coding: the headroom stays the uncoded one's.
-    return int(estimate_weight_bytes(config, dtype, coded=True) + weights * (_RUNTIME_HEADROOM - 1))
 
 
 def codes_bfloat16(device: str, dtype: torch.dtype, quant: str) -> bool:
@@ -254,10 +263,7 @@ def weight_files(path: Path) -> list[Path]:
 
 def check_tensors(path: Path, config: DeepseekOcrConfig) -> None:
     """Every tensor readable, none missing or unexpected, every shape as the config says."""
-    with torch.device("meta"):
-        expected = {
-            name: tuple(p.shape) for name, p in DeepseekOcrForConditionalGeneration(config).named_parameters()
-        }
+    expected = {name: tuple(p.shape) for name, p in _meta_model(config).named_parameters()}
     found: dict[str, tuple[int, ...]] = {}
     for file in weight_files(path):
         try:
@@ -300,8 +306,7 @@ def quantization_config(plan: RuntimePlan, config: DeepseekOcrConfig):
         return None
     from transformers import BitsAndBytesConfig
 
-    with torch.device("meta"):
-        model = DeepseekOcrForConditionalGeneration(config)
+    model = _meta_model(config)
     quantized = quantizable_linears(model, plan.quant)
     keep = KEEP_UNQUANTIZED + [
         name

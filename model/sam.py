@@ -97,7 +97,8 @@ class SamAttention(nn.Module):
         q, k, v = qkv.unbind(0)  # (b, heads, h*w, head_dim)
         rel_h_table = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, d)
         rel_w_table = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, d)
-        limit = _MAX_ADDED_BIAS_ELEMENTS if q.dtype == torch.float32 else _MAX_MULTIPLIED_BIAS_ELEMENTS
+        multiply = q.dtype != torch.float32  # see relative_position_bias
+        limit = _MAX_MULTIPLIED_BIAS_ELEMENTS if multiply else _MAX_ADDED_BIAS_ELEMENTS
         rows_per_chunk = max(1, limit // (b * self.num_heads * w * h * w))
         # Written in place: chunk results kept alive for a final cat would sit between the
         # chunks' freed bias buffers and grow the heap by one bias per chunk.
@@ -105,7 +106,7 @@ class SamAttention(nn.Module):
         for start in range(0, h, rows_per_chunk):
             end = min(h, start + rows_per_chunk)
             out[:, :, start * w : end * w] = self._attend_rows(
-                q, k, v, rel_h_table, rel_w_table, (h, w), start, end
+                q, k, v, rel_h_table, rel_w_table, (h, w), start, end, multiply
             )
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
@@ -120,6 +121,7 @@ class SamAttention(nn.Module):
         size: tuple[int, int],
         row_start: int,
         row_end: int,
+        multiply: bool,
     ) -> torch.Tensor:
         """Attention for the queries of image rows [row_start, row_end) against all keys."""
         h, w = size
@@ -130,7 +132,7 @@ class SamAttention(nn.Module):
         # Bias from the UNSCALED query: rel_h[y, x, ky] + rel_w[y, x, kx], flattened to key (ky, kx).
         rel_h = torch.einsum("bnywc,ykc->bnywk", grid_q, rel_h_table[row_start:row_end])
         rel_w = torch.einsum("bnywc,wkc->bnywk", grid_q, rel_w_table)
-        bias = relative_position_bias(rel_h, rel_w, multiply=q.dtype != torch.float32)
+        bias = relative_position_bias(rel_h, rel_w, multiply)
         return F.scaled_dot_product_attention(q_rows, k, v, attn_mask=bias)
 
 

@@ -63,13 +63,13 @@ def decode_one_token(layer: DecoderLayer, dtype: torch.dtype, cache=None) -> tup
     # Inputs far from unit RMS, so that a norm left out could not pass for one applied.
     prompt, token = (3 * torch.randn(1, PROMPT, 128)).to(dtype), (3 * torch.randn(1, 1, 128)).to(dtype)
     cache = cache if cache is not None else GrowingCache()
-    for index in range(layer.layer_idx):  # earlier layers' entries, so that the indices line up
+    for index in range(layer.self_attn.layer_idx):  # earlier layers' entries, so that the indices line up
         cache.update(torch.zeros(1, 4, PROMPT, 32, dtype=dtype), torch.zeros(1, 4, PROMPT, 32, dtype=dtype), index)
     causal = torch.full((PROMPT, PROMPT), -float("inf")).triu(1).to(dtype)[None, None]
     with torch.inference_mode():
         layer(prompt, rotary_cos_sin(torch.arange(PROMPT)[None], 32, 10000.0, dtype), causal, cache)
         out = layer(token, rotary_cos_sin(torch.tensor([[PROMPT]]), 32, 10000.0, dtype), None, cache)
-    return out, cache.layers[layer.layer_idx].keys.clone()
+    return out, cache.layers[layer.self_attn.layer_idx].keys.clone()
 
 
 def torch_path(layer: DecoderLayer, dtype: torch.dtype, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
