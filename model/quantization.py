@@ -78,7 +78,7 @@ class Int4Linear(KernelLinear):
     def descriptor_fields(self) -> tuple[int, int, tuple[torch.Tensor, ...]]:
         return cpu_kernel.FORMAT_INT4, self.group_size, (self.packed_weight, self.scale_and_zero)
 
-    def dequantized_weight(self) -> torch.Tensor:
+    def decoded_weight(self) -> torch.Tensor:
         """The (out, in) bfloat16 weight this layer computes with."""
         if self.pytorch_layout:
             eye = torch.eye(self.in_features, dtype=torch.bfloat16)
@@ -89,8 +89,6 @@ class Int4Linear(KernelLinear):
         if kernel is not None:
             return kernel.int4_dequantize(self.packed_weight, self.scale_and_zero, self.group_size)
         return dequantize_int4(self.packed_weight, self.scale_and_zero, self.group_size)
-
-    decoded_weight = dequantized_weight
 
     def use_pytorch_kernel(self) -> None:
         """Repack the same 4-bit values for ``aten::_weight_int4pack_mm_for_cpu``.

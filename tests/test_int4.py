@@ -33,7 +33,7 @@ def test_each_weight_is_within_half_a_step_of_its_group(out_features, in_feature
     group = layer.group_size
     weight = linear.weight.float().reshape(out_features, -1, group)
     step = (weight.amax(-1, keepdim=True) - weight.amin(-1, keepdim=True)) / 15
-    error = (layer.dequantized_weight().float().reshape(out_features, -1, group) - weight).abs()
+    error = (layer.decoded_weight().float().reshape(out_features, -1, group) - weight).abs()
     # Rounding costs half a step; the bfloat16 scale, zero and output add up to ~4% of a step.
     assert (error <= step * 0.56 + 1e-6).all()
 
@@ -43,7 +43,7 @@ def test_forward_matches_the_dequantized_weight_for_any_batch_shape():
     linear = nn.Linear(128, 64, bias=True, dtype=torch.bfloat16)
     layer = quantized_copy(linear)
     x = torch.randn(2, 3, 128, dtype=torch.bfloat16)
-    expected = x.float() @ layer.dequantized_weight().float().T + linear.bias.float()
+    expected = x.float() @ layer.decoded_weight().float().T + linear.bias.float()
     out = layer(x)
     assert out.shape == (2, 3, 64) and out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.02)
@@ -71,7 +71,7 @@ def test_the_kernel_builds_on_a_machine_with_a_c_compiler():
 def test_the_c_dequantization_matches_the_torch_one():
     layer = quantized_copy(nn.Linear(192, 40, bias=False))
     unpacked = dequantize_int4(layer.packed_weight, layer.scale_and_zero, layer.group_size)
-    torch.testing.assert_close(layer.dequantized_weight(), unpacked, atol=0, rtol=2**-7)
+    torch.testing.assert_close(layer.decoded_weight(), unpacked, atol=0, rtol=2**-7)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 9, KERNEL_MAX_ROWS])
@@ -82,7 +82,7 @@ def test_kernel_vector_and_portable_paths_match_the_float_product(rows, dtype, o
     torch.manual_seed(rows)
     layer = quantized_copy(nn.Linear(in_features, out_features, bias=False))
     x = torch.randn(rows, in_features).to(dtype)
-    expected = x.float() @ layer.dequantized_weight().float().T
+    expected = x.float() @ layer.decoded_weight().float().T
     kernel = cpu_kernel.load()
     for portable in (False, True):
         out = kernel.linear(x, layer.descriptor(), out_features, portable=portable)
@@ -158,9 +158,9 @@ def test_without_the_vnni_kernel_layers_use_pytorchs_kernel_on_the_same_values(m
         monkeypatch.setattr(cpu_kernel, "load", lambda: portable)
     theirs = quantized_copy(linear)
     assert theirs.pytorch_layout and not ours.pytorch_layout
-    assert torch.equal(theirs.dequantized_weight(), ours.dequantized_weight())
+    assert torch.equal(theirs.decoded_weight(), ours.decoded_weight())
     x = torch.randn(2, 1, 256)
-    torch.testing.assert_close(theirs(x), x @ ours.dequantized_weight().float().T, atol=0.03, rtol=0.02)
+    torch.testing.assert_close(theirs(x), x @ ours.decoded_weight().float().T, atol=0.03, rtol=0.02)
     assert theirs(x).dtype == torch.float32
     assert linear_many([(theirs, x[0])]) is None  # the C kernel cannot read PyTorch's layout
     assert quantized_copy(nn.Linear(256, 40, bias=False)).pytorch_layout is False  # rows not in blocks of 16
