@@ -39,6 +39,8 @@ SOURCE = Path(__file__).parent / "kernels" / "cpu_decode.c"
 
 #: Set to 0 to do without the kernel (int4 then runs on PyTorch's int4 kernel, bfloat16 on torch's).
 ENV_SWITCH = "DEEPSEEK_OCR_CPU_KERNEL"
+#: Set to 0 to keep batched coded products off AMX (on AVX512-BF16, as on CPUs without AMX).
+AMX_SWITCH = "DEEPSEEK_OCR_CPU_AMX"
 
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
 
@@ -53,11 +55,15 @@ class CpuKernel:
 
     def __init__(self, library: ctypes.CDLL):
         self.library = library
+        self._bind("kernel_use_amx", None, [_I32])
+        self._kernel_use_amx(int(os.environ.get(AMX_SWITCH, "1") != "0"))
         features = library.kernel_features()
         #: int4's VNNI path; without it int4 runs the portable loops (PyTorch's int4 kernel is faster then).
         self.int4_vnni = bool(features & 1)
         #: The exponent-coded bfloat16 product (AVX512-BF16); without it bfloat16 stays uncoded.
         self.coded_bf16 = bool(features & 2)
+        #: Coded products of several rows (batched decoding) on AMX tiles instead of AVX512-BF16.
+        self.amx_bf16 = bool(features & 4)
         self._bind("kernel_linear", _I32, [_POINTER, _I32, _I64, _POINTER, _POINTER, _I32, _I32, _I32])
         self._bind("kernel_linear_many", _I32, [_POINTER, _I32, _I32, _I32, _I32])
         self._bind("kernel_attention_step", _I32, [_POINTER, _I32, _I64, _I64, _POINTER, _F32, _POINTER, _I64,
@@ -206,7 +212,7 @@ def describe() -> str:
         )
     int4 = "int4 on AVX-512 VNNI" if kernel.int4_vnni else "no AVX-512 VNNI: int4 on PyTorch's int4 kernel (about half as fast)"
     bf16 = (
-        "bfloat16 exponent-coded on AVX512-BF16"
+        "bfloat16 exponent-coded on AVX512-BF16" + (", batches on AMX" if kernel.amx_bf16 else "")
         if kernel.coded_bf16
         else "no AVX512-BF16: bfloat16 uncoded on torch"
     )

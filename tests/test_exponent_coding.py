@@ -115,6 +115,34 @@ def test_exceptions_and_special_values_are_multiplied_too():
     assert torch.isnan(ExponentCodedLinear.from_weight(awkward_weight()[1:2])(x)).all()  # inf - inf + nan
 
 
+@pytest.fixture
+def kernel_with_amx():
+    kernel = cpu_kernel.load()
+    if not kernel.amx_bf16:
+        pytest.skip("no AMX on this CPU (or DEEPSEEK_OCR_CPU_AMX=0)")
+    yield kernel
+    kernel._kernel_use_amx(1)
+
+
+@pytest.mark.parametrize("rows", [2, 4, 16, 17, 24])
+def test_batched_products_on_amx_equal_the_exact_product(kernel_with_amx, rows):
+    # 100 outputs: three blocks of 32 on AMX and 4 left to the vector blocks; 21 chunks of 64 inputs.
+    weight = normal_weight(100, 1344, seed=rows)
+    weight[:, :40] = torch.logspace(-30, -4, 40, base=2).to(torch.bfloat16)  # too many exponents for 16
+    layer = ExponentCodedLinear.from_weight(weight)
+    assert (layer.exception_rows.diff() > 0).all()  # every row's exceptions are added back on AMX too
+    x = torch.randn(rows, 1344, generator=torch.Generator().manual_seed(rows))
+    reference = float_reference(x, weight)
+    scale = x.to(torch.bfloat16).double().abs() @ weight.double().abs().T
+    on_amx = layer(x)
+    kernel_with_amx._kernel_use_amx(0)
+    on_vectors = layer(x)
+    for out in (on_amx, on_vectors):
+        assert ((out.double() - reference).abs() <= 1e-6 * scale + 1e-30).all()
+    # The two sum in different orders: equal outputs would mean the AMX path never ran.
+    assert not torch.equal(on_amx, on_vectors)
+
+
 def test_bfloat16_outputs_are_rounded_once():
     weight = normal_weight(96, 1280)
     layer = ExponentCodedLinear.from_weight(weight)
