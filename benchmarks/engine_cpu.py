@@ -9,14 +9,15 @@ measures each setting in a fresh process through the real loading path:
 * prefill: decoder seconds over the base-mode prompt (290 tokens);
 * decode: tokens/s after the first token, batch 1 and batch 4 (aggregate), with the default
   repetition guard (n-gram 30, window 90), KV cache, greedy, exactly ``--new-tokens`` tokens;
-* peak RSS: sampled every 20 ms while pages are read (model resident, after one untimed warm-up
-  page): during the base-mode batch-1 runs (the reference's setting), over all runs (gundam and
-  batch 4 included), and the process maximum (loading included);
+* peak RSS: sampled every 20 ms while pages are read (model resident; the first timed page
+  included, there is no warm-up page): during the base-mode batch-1 runs (the reference's
+  setting), over all runs (gundam and batch 4 included), and the process maximum (loading
+  included);
 * memory bandwidth: one streaming read of 1 GiB, the ceiling for batch-1 decoding.
 
 Usage (2 threads, as the reference figures in shared/benchmarks/reference-cpu.md):
 
-    python benchmarks/engine_cpu.py --quant none none-torch 8bit 4bit int4 --threads 2
+    python benchmarks/engine_cpu.py --quant none none-torch 8bit 4bit int4 --threads 2 --new-tokens 64
 
 Figures are medians of ``--reps`` repetitions; compare settings measured in one run only.
 """

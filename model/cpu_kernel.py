@@ -56,14 +56,13 @@ class CpuKernel:
     def __init__(self, library: ctypes.CDLL):
         self.library = library
         self._bind("kernel_use_amx", None, [_I32])
-        self._kernel_use_amx(int(os.environ.get(AMX_SWITCH, "1") != "0"))
         features = library.kernel_features()
         #: int4's VNNI path; without it int4 runs the portable loops (PyTorch's int4 kernel is faster then).
         self.int4_vnni = bool(features & 1)
         #: The exponent-coded bfloat16 product (AVX512-BF16); without it bfloat16 stays uncoded.
         self.coded_bf16 = bool(features & 2)
-        #: Coded products of several rows (batched decoding) on AMX tiles instead of AVX512-BF16.
-        self.amx_bf16 = bool(features & 4)
+        self.amx_bf16 = False
+        self.use_amx(os.environ.get(AMX_SWITCH, "1") != "0")
         self._bind("kernel_linear", _I32, [_POINTER, _I32, _I64, _POINTER, _POINTER, _I32, _I32, _I32])
         self._bind("kernel_linear_many", _I32, [_POINTER, _I32, _I32, _I32, _I32])
         self._bind("kernel_attention_step", _I32, [_POINTER, _I32, _I64, _I64, _POINTER, _F32, _POINTER, _I64,
@@ -74,6 +73,12 @@ class CpuKernel:
         self._bind("bf16c_decode", None, [_POINTER, _POINTER, _I32])
         self._bind("bf16c_plan", _I64, [_POINTER, _I64, _I64, _POINTER, _POINTER, _I32])
         self._bind("bf16c_encode", None, [_POINTER, _I64, _I64, _POINTER, _POINTER, _POINTER, _POINTER, _I32])
+
+    def use_amx(self, on: bool) -> None:
+        """Whether coded products of several rows (batched decoding) may run on AMX tiles instead of
+        AVX512-BF16; ``amx_bf16`` then says whether they do (the CPU and the OS must allow it)."""
+        self._kernel_use_amx(int(on))
+        self.amx_bf16 = bool(self.library.kernel_features() & 4)
 
     def _bind(self, name: str, restype, argtypes: list) -> None:
         function = getattr(self.library, name)

@@ -121,7 +121,7 @@ def kernel_with_amx():
     if not kernel.amx_bf16:
         pytest.skip("no AMX on this CPU (or DEEPSEEK_OCR_CPU_AMX=0)")
     yield kernel
-    kernel._kernel_use_amx(1)
+    kernel.use_amx(True)
 
 
 @pytest.mark.parametrize("rows", [2, 4, 16, 17, 24])
@@ -135,12 +135,20 @@ def test_batched_products_on_amx_equal_the_exact_product(kernel_with_amx, rows):
     reference = float_reference(x, weight)
     scale = x.to(torch.bfloat16).double().abs() @ weight.double().abs().T
     on_amx = layer(x)
-    kernel_with_amx._kernel_use_amx(0)
+    kernel_with_amx.use_amx(False)
+    assert not kernel_with_amx.amx_bf16
     on_vectors = layer(x)
     for out in (on_amx, on_vectors):
         assert ((out.double() - reference).abs() <= 1e-6 * scale + 1e-30).all()
     # The two sum in different orders: equal outputs would mean the AMX path never ran.
     assert not torch.equal(on_amx, on_vectors)
+
+
+def test_the_environment_switch_keeps_batches_off_amx(kernel_with_amx, monkeypatch):
+    monkeypatch.setenv(cpu_kernel.AMX_SWITCH, "0")
+    assert not cpu_kernel.CpuKernel(kernel_with_amx.library).amx_bf16  # the library's switch is process-wide
+    kernel_with_amx.use_amx(True)
+    assert kernel_with_amx.amx_bf16
 
 
 def test_bfloat16_outputs_are_rounded_once():
