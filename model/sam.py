@@ -23,6 +23,36 @@ _MAX_ADDED_BIAS_ELEMENTS = 1 << 22
 _MAX_MULTIPLIED_BIAS_ELEMENTS = 1 << 24
 
 
+def _onednn_linear():
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):  # a build without oneDNN's fused linear
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``; a contiguous bfloat16 input on the CPU goes through oneDNN's linear with the bias.
+
+    torch's CPU addmm first writes the broadcast bias into the output and then accumulates the
+    product onto it; oneDNN adds the bias to the float32 sums, rounding the same way (the
+    outputs are bit-identical, a test checks) in ~17% less time on SAM's shapes (4096 x 768 ->
+    3072: 26.9 ms against 34.6). Non-contiguous inputs take another torch path with other
+    rounding, so they keep ``layer(x)``.
+    """
+    if (
+        _ONEDNN_LINEAR is not None
+        and x.device.type == "cpu"
+        and x.dtype == layer.weight.dtype == torch.bfloat16
+        and layer.bias is not None
+        and x.is_contiguous()
+    ):
+        return _ONEDNN_LINEAR(x, layer.weight, layer.bias, "none", [], "")
+    return layer(x)
+
+
 def resize_abs_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
     """(1, G0, G0, C) table -> (1, grid, grid, C); bicubic + antialias in float32 as the reference."""
     if pos_embed.shape[1] == grid:
@@ -93,7 +123,7 @@ class SamAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear(self.qkv, x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (b, heads, h*w, head_dim)
         rel_h_table = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, d)
         rel_w_table = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, d)
@@ -109,7 +139,7 @@ class SamAttention(nn.Module):
                 q, k, v, rel_h_table, rel_w_table, (h, w), start, end, multiply
             )
         out = out.transpose(1, 2).reshape(b, h, w, -1)
-        return self.proj(out)
+        return linear(self.proj, out)
 
     @staticmethod
     def _attend_rows(
@@ -163,7 +193,7 @@ class SamMlp(nn.Module):
         self.lin2 = nn.Linear(hidden, config.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(F.gelu(self.lin1(x)))
+        return linear(self.lin2, F.gelu(linear(self.lin1, x)))
 
 
 class SamBlock(nn.Module):

@@ -138,6 +138,21 @@ def test_from_pretrained_loads_the_official_layout_without_key_mismatches(tiny_m
     assert model.model.view_seperator.shape == (model.config.hidden_size,)
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 8, 96), (25, 14, 14, 96), (3, 96)])
+def test_sam_linears_on_onednn_give_the_bits_of_the_torch_linear(shape):
+    from deepseek_ocr import sam
+
+    if sam._ONEDNN_LINEAR is None:
+        pytest.skip("this torch has no oneDNN fused linear")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 288).to(torch.bfloat16)
+    x = torch.randn(*shape).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(sam.linear(layer, x), layer(x))
+        transposed = torch.randn(8, 8, 96).to(torch.bfloat16).transpose(0, 1)  # keeps torch's own path
+        assert torch.equal(sam.linear(layer, transposed), layer(transposed))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_relative_position_bias_is_the_same_added_or_multiplied(dtype):
     from deepseek_ocr.sam import relative_position_bias
