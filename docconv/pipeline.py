@@ -36,6 +36,8 @@ from docconv.rerender import RAW_SUFFIX, write_raw_file
 log = logging.getLogger("docconv.pipeline")
 
 #: Exact prompts from the model card (spec §7.4); the model has no chat tuning, wording matters.
+#: The same strings as ``deepseek_ocr.TASK_PROMPTS`` (a test checks), copied so that the CLI
+#: starts without importing torch.
 TASK_PROMPTS: dict[str, str] = {
     "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
     "text": "<image>\nFree OCR.",

@@ -85,6 +85,13 @@ def test_degraded_page_is_retried_once_tighter_and_one_mode_up(
     assert len(pipeline.summary.degraded) == 1  # kept, marked and listed, never dropped
 
 
+def test_the_cli_tasks_ask_exactly_the_model_packages_prompts():
+    # docconv keeps its own copy so that the CLI starts without importing torch; it must not drift.
+    import deepseek_ocr
+
+    assert TASK_PROMPTS.items() <= deepseek_ocr.TASK_PROMPTS.items()
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
