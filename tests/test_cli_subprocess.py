@@ -33,7 +33,15 @@ def run(*args: object, stdin: bytes | None = None, cwd: Path | None = None) -> s
 
 
 def start(*args: object) -> subprocess.Popen:
-    return subprocess.Popen([*DOCCONV, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [*DOCCONV, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint
+    )
+
+
+def _default_sigint() -> None:
+    # A test run started in the background by a shell without job control (`.ci/run &`) ignores
+    # SIGINT, and children inherit that: docconv would then never see the Ctrl-C these tests send.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def complete_lines(path: Path) -> int:
