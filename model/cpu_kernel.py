@@ -61,7 +61,6 @@ class CpuKernel:
         self.int4_vnni = bool(features & 1)
         #: The exponent-coded bfloat16 product (AVX512-BF16); without it bfloat16 stays uncoded.
         self.coded_bf16 = bool(features & 2)
-        self.amx_bf16 = False
         self.use_amx(os.environ.get(AMX_SWITCH, "1") != "0")
         self._bind("kernel_linear", _I32, [_POINTER, _I32, _I64, _POINTER, _POINTER, _I32, _I32, _I32])
         self._bind("kernel_linear_many", _I32, [_POINTER, _I32, _I32, _I32, _I32])

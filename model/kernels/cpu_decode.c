@@ -508,12 +508,11 @@ static uint16_t *activation_tiles(const uint16_t *ordered, int64_t M, int64_t ch
     uint16_t *tiles = calloc((size_t)(blocks * chunks * AMX_CHUNK_TILES), sizeof(uint16_t));
     if (!tiles) return NULL;
     for (int64_t m = 0; m < M; m++) {
-        uint16_t *block = tiles + m / AMX_MAX_ACTS * chunks * AMX_CHUNK_TILES;
-        const int64_t s = m % AMX_MAX_ACTS;
-        for (int64_t k = 0; k < width; k++) {  // k: position in the decoded order
-            const int64_t c = k / 64, half = k % 64 / 32, pair = k % 32 / 2;
-            block[((c * 2 + half) * 16 + pair) * AMX_MAX_ACTS * 2 + s * 2 + k % 2] = ordered[m * width + k];
-        }
+        // Row m is column m % 16 of its block: input pair p (two bf16, in the decoded order) goes
+        // to tile row p, whatever its chunk and half.
+        uint16_t *column = tiles + m / AMX_MAX_ACTS * chunks * AMX_CHUNK_TILES + 2 * (m % AMX_MAX_ACTS);
+        for (int64_t pair = 0; pair < width / 2; pair++)
+            memcpy(column + pair * 2 * AMX_MAX_ACTS, ordered + m * width + 2 * pair, 2 * sizeof(uint16_t));
     }
     return tiles;
 }
