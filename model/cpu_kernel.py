@@ -1,20 +1,22 @@
-"""docconv's CPU decoding kernel (``kernels/cpu_decode.c``): built once per machine, called through ctypes.
+"""docconv's CPU kernel (``kernels/cpu_decode.c``, ``kernels/cpu_attention.c``): built once per
+machine, called through ctypes.
 
 It multiplies activations by the two kernel weight formats (int4, :mod:`.quantization`, and
 exponent-coded bfloat16, :mod:`.exponent_coding`) and runs whole decoding steps of one token
-on them. Weights reach it as descriptors: eight int64 naming the format, the shape and the
-addresses of the weight's tensors (see ``Weight`` in the C source and
+on them; where the CPU has AMX it also runs SAM's bfloat16 attention (:mod:`.sam`). Weights
+reach it as descriptors: eight int64 naming the format, the shape and the addresses of the
+weight's tensors (see ``Weight`` in the C source and
 :meth:`KernelLinear.descriptor <deepseek_ocr.kernel_linear.KernelLinear.descriptor>`).
 
 The kernel is compiled with ``-march=native`` by the machine's C compiler (``$CC``, else ``cc``)
-into a per-user cache, keyed by the source and the CPU's feature flags, the first time it is
+into a per-user cache, keyed by the sources and the CPU's feature flags, the first time it is
 needed (about a second). It is plain C with OpenMP rather than a torch C++ extension: without
 torch's headers it builds in a second instead of a minute, and ctypes' call costs ~1.5 us.
 Linking ``-fopenmp`` resolves to the ``libgomp.so.1`` torch has already loaded, so the kernel
 shares torch's thread pool instead of starting a second one.
 
-Where no compiler works, :func:`load` returns None: int4 then runs on PyTorch's own int4 kernel
-and bfloat16 weights stay uncoded.
+Where no compiler works, :func:`load` returns None: int4 then runs on PyTorch's own int4 kernel,
+bfloat16 weights stay uncoded and SAM's attention runs on torch's SDPA.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "kernels" / "cpu_decode.c"
+#: Compiled together into one library: the decoding products and steps, and SAM's attention.
+SOURCES = tuple(Path(__file__).parent / "kernels" / name for name in ("cpu_decode.c", "cpu_attention.c"))
 
 #: Set to 0 to do without the kernel (int4 then runs on PyTorch's int4 kernel, bfloat16 on torch's).
 ENV_SWITCH = "DEEPSEEK_OCR_CPU_KERNEL"
-#: Set to 0 to keep batched coded products off AMX (on AVX512-BF16, as on CPUs without AMX).
+#: Set to 0 to keep AMX off, as on CPUs without it: batched coded products then run on AVX512-BF16
+#: and SAM's bfloat16 attention on torch's SDPA.
 AMX_SWITCH = "DEEPSEEK_OCR_CPU_AMX"
 
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
@@ -56,6 +60,8 @@ class CpuKernel:
     def __init__(self, library: ctypes.CDLL):
         self.library = library
         self._bind("kernel_use_amx", None, [_I32])
+        self._bind("sam_attention", _I32, [_POINTER, _I64, _I64, _I64, _I64, _POINTER, _POINTER, _I64, _I64, _F32,
+                                           _POINTER, _I32])  # fmt: skip
         features = library.kernel_features()
         #: int4's VNNI path; without it int4 runs the portable loops (PyTorch's int4 kernel is faster then).
         self.int4_vnni = bool(features & 1)
@@ -74,10 +80,12 @@ class CpuKernel:
         self._bind("bf16c_encode", None, [_POINTER, _I64, _I64, _POINTER, _POINTER, _POINTER, _POINTER, _I32])
 
     def use_amx(self, on: bool) -> None:
-        """Whether coded products of several rows (batched decoding) may run on AMX tiles instead of
-        AVX512-BF16; ``amx_bf16`` then says whether they do (the CPU and the OS must allow it)."""
+        """Whether AMX tiles may be used: for coded products of several rows (batched decoding),
+        instead of AVX512-BF16, and for SAM's bfloat16 attention, instead of torch's.
+        ``amx_bf16`` and ``amx_attention`` then say whether they are (the CPU and the OS must allow it)."""
         self._kernel_use_amx(int(on))
         self.amx_bf16 = bool(self.library.kernel_features() & 4)
+        self.amx_attention = on and bool(self.library.sam_attention_available())
 
     def _bind(self, name: str, restype, argtypes: list) -> None:
         function = getattr(self.library, name)
@@ -154,6 +162,25 @@ class CpuKernel:
         )  # fmt: skip
         return status == 0
 
+    def sam_attention(
+        self, qkv: torch.Tensor, heads: int, rel_h: torch.Tensor, rel_w: torch.Tensor, out: torch.Tensor
+    ) -> bool:
+        """SAM's attention with decomposed relative positions over (b, h, w) maps, bfloat16; False if refused.
+
+        ``qkv``: the qkv projection's contiguous (b, h, w, 3 * width) output; ``rel_h``, ``rel_w``:
+        contiguous (b, heads, h, w, h) and (b, heads, h, w, w) bias terms; ``out``: (b, h, w,
+        width), written. Scores are scaled by head_dim ** -0.5.
+        """
+        if any(t.dtype != torch.bfloat16 or not t.is_contiguous() for t in (qkv, rel_h, rel_w, out)):
+            return False
+        b, h, w, width = out.shape
+        head_dim = width // heads
+        status = self._sam_attention(
+            qkv.data_ptr(), b, h * w, heads, head_dim, rel_h.data_ptr(), rel_w.data_ptr(), h, w, head_dim**-0.5,
+            out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return status == 0
+
     def int4_dequantize(self, packed: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
         """The (N, K) bfloat16 weight of an int4 one."""
         n, k = packed.shape[0], packed.shape[1] * 2
@@ -220,16 +247,17 @@ def describe() -> str:
         if kernel.coded_bf16
         else "no AVX512-BF16: bfloat16 uncoded on torch"
     )
-    return f"built; {int4}; {bf16} ({kernel.library._name})"
+    attention = "; SAM attention on AMX" if kernel.amx_attention else ""
+    return f"built; {int4}; {bf16}{attention} ({kernel.library._name})"
 
 
 def _build() -> Path:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         raise OSError(f"no C compiler ({compiler}) on PATH")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode() + compiler.encode())
-    library = _cache_dir() / f"{SOURCE.stem}-{key.hexdigest()[:16]}.so"
+    library = _cache_dir() / f"{SOURCES[0].stem}-{key.hexdigest()[:16]}.so"
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +265,7 @@ def _build() -> Path:
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         built = Path(scratch) / library.name
         subprocess.run(
-            [compiler, *_FLAGS, "-o", str(built), str(SOURCE), "-lm"], check=True, capture_output=True, text=True
+            [compiler, *_FLAGS, "-o", str(built), *map(str, SOURCES), "-lm"], check=True, capture_output=True, text=True
         )
         os.replace(built, library)
     return library

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernel
 from .configuration import SamConfig
 
 #: Attention-bias elements materialised at once; larger maps are processed in chunks of query
@@ -123,10 +124,36 @@ class SamAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        qkv = linear(self.qkv, x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (b, heads, h*w, head_dim)
+        qkv = linear(self.qkv, x)  # (b, h, w, 3 * width): (3, heads, head_dim) per position
+        # (b, heads, h*w, d)
+        q = qkv.reshape(b, h * w, 3, self.num_heads, self.head_dim)[:, :, 0].transpose(1, 2)
         rel_h_table = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, d)
         rel_w_table = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, d)
+        # Bias terms from the UNSCALED query: rel_h[y, x, ky] + rel_w[y, x, kx] at key (ky, kx).
+        grid_q = q.reshape(b, self.num_heads, h, w, self.head_dim)
+        rel_h = torch.einsum("bnywc,ykc->bnywk", grid_q, rel_h_table)  # (b, heads, h, w, h)
+        rel_w = torch.einsum("bnywc,wkc->bnywk", grid_q, rel_w_table)  # (b, heads, h, w, w)
+        out = self._attend_on_amx(qkv, rel_h, rel_w)
+        if out is None:
+            out = self._attend(qkv, rel_h, rel_w)
+        return linear(self.proj, out)
+
+    def _attend_on_amx(self, qkv: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor | None:
+        """(b, h, w, width) from the CPU kernel's attention (bfloat16 on AMX), or None where it does not run."""
+        if not (qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu" and not qkv.requires_grad):
+            return None
+        kernel = cpu_kernel.load()
+        if kernel is None or not kernel.amx_attention:
+            return None
+        b, h, w, width = qkv.shape[0], qkv.shape[1], qkv.shape[2], qkv.shape[3] // 3
+        out = qkv.new_empty(b, h, w, width)
+        done = kernel.sam_attention(qkv.contiguous(), self.num_heads, rel_h.contiguous(), rel_w.contiguous(), out)
+        return out if done else None
+
+    def _attend(self, qkv: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+        """(b, h, w, width) by torch's SDPA with the bias materialised, a chunk of query rows at a time."""
+        b, h, w, _ = qkv.shape
+        q, k, v = qkv.reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         multiply = q.dtype != torch.float32  # see relative_position_bias
         limit = _MAX_MULTIPLIED_BIAS_ELEMENTS if multiply else _MAX_ADDED_BIAS_ELEMENTS
         rows_per_chunk = max(1, limit // (b * self.num_heads * w * h * w))
@@ -135,35 +162,11 @@ class SamAttention(nn.Module):
         out = torch.empty_like(q)
         for start in range(0, h, rows_per_chunk):
             end = min(h, start + rows_per_chunk)
-            out[:, :, start * w : end * w] = self._attend_rows(
-                q, k, v, rel_h_table, rel_w_table, (h, w), start, end, multiply
+            bias = relative_position_bias(rel_h[:, :, start:end], rel_w[:, :, start:end], multiply)
+            out[:, :, start * w : end * w] = F.scaled_dot_product_attention(
+                q[:, :, start * w : end * w], k, v, attn_mask=bias
             )
-        out = out.transpose(1, 2).reshape(b, h, w, -1)
-        return linear(self.proj, out)
-
-    @staticmethod
-    def _attend_rows(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        rel_h_table: torch.Tensor,
-        rel_w_table: torch.Tensor,
-        size: tuple[int, int],
-        row_start: int,
-        row_end: int,
-        multiply: bool,
-    ) -> torch.Tensor:
-        """Attention for the queries of image rows [row_start, row_end) against all keys."""
-        h, w = size
-        b, heads, _, d = q.shape
-        rows = row_end - row_start
-        q_rows = q[:, :, row_start * w : row_end * w]  # (b, heads, rows*w, d)
-        grid_q = q_rows.reshape(b, heads, rows, w, d)
-        # Bias from the UNSCALED query: rel_h[y, x, ky] + rel_w[y, x, kx], flattened to key (ky, kx).
-        rel_h = torch.einsum("bnywc,ykc->bnywk", grid_q, rel_h_table[row_start:row_end])
-        rel_w = torch.einsum("bnywc,wkc->bnywk", grid_q, rel_w_table)
-        bias = relative_position_bias(rel_h, rel_w, multiply)
-        return F.scaled_dot_product_attention(q_rows, k, v, attn_mask=bias)
+        return out.transpose(1, 2).reshape(b, h, w, -1)
 
 
 def relative_position_bias(rel_h: torch.Tensor, rel_w: torch.Tensor, multiply: bool) -> torch.Tensor:

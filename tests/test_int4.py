@@ -153,7 +153,7 @@ def test_without_the_vnni_kernel_layers_use_pytorchs_kernel_on_the_same_values(m
         monkeypatch.setattr(cpu_kernel, "load", lambda: None)
     else:
         library = tmp_path / "portable.so"
-        subprocess.run(["cc", "-O2", "-fopenmp", "-fPIC", "-shared", "-o", str(library), str(cpu_kernel.SOURCE), "-lm"], check=True)
+        subprocess.run(["cc", "-O2", "-fopenmp", "-fPIC", "-shared", "-o", str(library), *map(str, cpu_kernel.SOURCES), "-lm"], check=True)
         portable = cpu_kernel.CpuKernel(ctypes.CDLL(str(library)))
         monkeypatch.setattr(cpu_kernel, "load", lambda: portable)
     theirs = quantized_copy(linear)

@@ -171,7 +171,7 @@ def test_a_build_without_avx512_declines_the_steps_and_keeps_int4_products(tmp_p
     """What a machine without AVX-512 compiles: int4's portable loops, and no whole-step paths."""
     library = tmp_path / "portable.so"
     subprocess.run(
-        ["cc", "-O2", "-fopenmp", "-fPIC", "-shared", "-o", str(library), str(cpu_kernel.SOURCE), "-lm"], check=True
+        ["cc", "-O2", "-fopenmp", "-fPIC", "-shared", "-o", str(library), *map(str, cpu_kernel.SOURCES), "-lm"], check=True
     )
     portable = cpu_kernel.CpuKernel(ctypes.CDLL(str(library)))
     assert not portable.int4_vnni and not portable.coded_bf16

@@ -1,0 +1,313 @@
+// SAM's attention with decomposed relative positions, bfloat16 on AMX tiles.
+//
+//   out[i] = sum_j softmax_j(scale * q_i . k_j + bias[i, j]) v_j,
+//   bias[i, (ky, kx)] = bf16(rel_h[i, ky] + rel_w[i, kx])
+//
+// for every (batch, head), keys j = (ky, kx) over an h x w map. torch's route materialises the
+// (queries, keys) bias in bfloat16 and hands it to its flash attention as a mask: at 1024 px that
+// is 400 MB per global block written, then read back, and the mask cost its flash kernel ~27% per
+// call. Here the bias is added to the scores from the two small tables while the scores are in
+// cache, rounded to bfloat16 as torch's broadcast add rounds it.
+//
+// Work item: 32 query rows of one (batch, head), with that head's keys and values packed once
+// per thread into AMX's B layout (2 x 512 KB at 4,096 keys, kept in L2 while the thread works
+// through the head's queries):
+//   scores   S (32, keys) float32 = two A tiles of queries x each 16-key B tile, two tiles deep
+//            (head_dim 64 = 2 x 32), every B tile load shared by both 16-row halves
+//   softmax  exact, over the whole row (no running rescale): scale, bias, max, exp, sum in
+//            float32; P = exp(s - max) rounded to bfloat16, as torch's flash kernel rounds it
+//            before its P @ V product
+//   output   O (32, 64) = P (A tiles, 32 keys deep) x V (B tiles, 16 value columns) in two passes
+//            of 32 columns, then O / sum -> bfloat16
+// Results differ from torch's (flash attention with the materialised mask) in float32 summation
+// order and in softmax's one pass against its blockwise rescaling: a few bfloat16 ulps.
+//
+// q, k and v are read in place from the qkv projection's (batch, tokens, 3, heads, head_dim)
+// output; the result is written as (batch, tokens, heads, head_dim), the layout the output
+// projection takes.
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
+    defined(__linux__)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define HAVE_AMX_ATTENTION 1
+#else
+#define HAVE_AMX_ATTENTION 0
+#endif
+
+#define HEAD_DIM 64
+#define QUERY_ROWS 32  // per work item: two 16-row A tiles
+#define KEY_ALIGN 32   // keys are padded with zeros to whole 32-key P tiles
+#define LOG2E 1.44269504088896341f
+
+#if HAVE_AMX_ATTENTION
+
+static int tiles_permitted(void) {
+    static int permitted = -1;
+    if (permitted < 0)
+        permitted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    return permitted;
+}
+
+// All eight tiles 16 rows x 64 bytes: float32 16 x 16 results, bf16 16 x 32 A operands, and
+// B operands of 16 bf16 pairs x 16 columns.
+static void configure_tiles(void) {
+    struct {
+        uint8_t palette, start_row, reserved[14];
+        uint16_t bytes_per_row[16];
+        uint8_t rows[16];
+    } config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) config.rows[t] = 16, config.bytes_per_row[t] = 64;
+    _tile_loadconfig(&config);
+}
+
+static inline __m512 bf16x16_to_float(__m256i bits) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+static inline __m512 round_to_bf16(__m512 x) { return bf16x16_to_float((__m256i)_mm512_cvtneps_pbh(x)); }
+
+// 2^x for x <= 0 (scores minus their row's maximum, in base 2), to about 1e-7 relative: x = n + r
+// with |r| <= 1/2, 2^r = exp(r ln2) by its Taylor series to the 6th power. The probabilities are
+// then rounded to bfloat16 (2^-9 relative), so a closer exp would change nothing downstream.
+static inline __m512 exp2_nonpositive(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));  // 2^-126, float32's smallest normal
+    const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);  // ln2^6 / 6!
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284772e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.24022650695910071f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.69314718055994531f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+typedef struct {
+    const uint16_t *q, *k, *v;  // element (b, n, head, c) at b * batch_stride + n * token_stride + head * 64 + c
+    int64_t batch_stride, token_stride;
+    int64_t heads, tokens, padded;  // padded: tokens rounded up to KEY_ALIGN
+    int64_t row;  // scores' and probabilities' row stride: padded + 32, so that a tile's 16 rows
+                  // do not all fall in one L1 set (a 16 KB or 8 KB stride measured PV ~3x slower)
+    const uint16_t *rel_h, *rel_w;  // (batch, heads, tokens, h) and (batch, heads, tokens, w)
+    int64_t h, w;
+    float scale;
+    uint16_t *out;  // (batch, tokens, heads, 64)
+} Attention;
+
+// Per-thread buffers: one head's packed keys and values, one work item's scores and probabilities.
+typedef struct {
+    uint16_t *keys;    // (padded / 16 key blocks, 2 depth halves) B tiles: [pair][key][2] of k[key][2 pair..]
+    uint16_t *values;  // (padded / 32 key blocks, 4 column blocks) B tiles: [key pair][column][2] of v
+    float *scores;     // (QUERY_ROWS, row)
+    uint16_t *probabilities;  // (QUERY_ROWS, row), zero past the tokens
+    float *rel_w;      // (w) one query's width terms
+    int64_t packed_head;  // batch * heads + head the buffers hold, -1 for none
+} Scratch;
+
+static const uint16_t *token(const Attention *a, const uint16_t *base, int64_t batch, int64_t n, int64_t head) {
+    return base + batch * a->batch_stride + n * a->token_stride + head * HEAD_DIM;
+}
+
+static void pack_head(const Attention *a, Scratch *s, int64_t batch, int64_t head) {
+    memset(s->keys, 0, (size_t)a->padded * HEAD_DIM * sizeof(uint16_t));
+    memset(s->values, 0, (size_t)a->padded * HEAD_DIM * sizeof(uint16_t));
+    for (int64_t n = 0; n < a->tokens; n++) {
+        const uint16_t *k = token(a, a->k, batch, n, head), *v = token(a, a->v, batch, n, head);
+        uint16_t *key_tiles = s->keys + n / 16 * 2 * 512 + 2 * (n % 16);
+        for (int c = 0; c < HEAD_DIM; c++)  // depth c: half c / 32, pair (c % 32) / 2, element c % 2
+            key_tiles[c / 32 * 512 + (c % 32) / 2 * 32 + c % 2] = k[c];
+        uint16_t *value_tiles = s->values + n / 32 * 4 * 512 + (n % 32) / 2 * 32 + n % 2;
+        for (int c = 0; c < HEAD_DIM; c++)  // column c: block c / 16, column c % 16 of the tile row
+            value_tiles[c / 16 * 512 + c % 16 * 2] = v[c];
+    }
+}
+
+static void query_scores(const Attention *a, Scratch *s, int64_t batch, int64_t head, int64_t first, int64_t rows) {
+    _Alignas(64) uint16_t queries[QUERY_ROWS][HEAD_DIM];
+    memset(queries, 0, sizeof queries);
+    for (int64_t r = 0; r < rows; r++) memcpy(queries[r], token(a, a->q, batch, first + r, head), sizeof queries[r]);
+    _tile_loadd(2, queries[0], 2 * HEAD_DIM);
+    _tile_loadd(3, queries[0] + 32, 2 * HEAD_DIM);
+    _tile_loadd(4, queries[16], 2 * HEAD_DIM);
+    _tile_loadd(5, queries[16] + 32, 2 * HEAD_DIM);
+    const int64_t stride = 4 * a->row;
+    for (int64_t block = 0; block < a->padded / 16; block++) {
+        _tile_loadd(6, s->keys + block * 1024, 64);
+        _tile_loadd(7, s->keys + block * 1024 + 512, 64);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_dpbf16ps(0, 2, 6);
+        _tile_dpbf16ps(0, 3, 7);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_dpbf16ps(1, 5, 7);
+        _tile_stored(0, s->scores + block * 16, stride);
+        _tile_stored(1, s->scores + 16 * a->row + block * 16, stride);
+    }
+}
+
+// Row r's scores -> its bfloat16 probabilities (unnormalised); returns their float32 sum.
+static float softmax_row(const Attention *a, Scratch *s, int64_t batch, int64_t head, int64_t query, int64_t r) {
+    const int64_t h = a->h, w = a->w, item = (batch * a->heads + head) * a->tokens + query;
+    const uint16_t *rel_h = a->rel_h + item * h, *rel_w = a->rel_w + item * w;
+    for (int64_t kx = 0; kx < w; kx++) {
+        uint32_t bits = (uint32_t)rel_w[kx] << 16;
+        memcpy(s->rel_w + kx, &bits, sizeof bits);
+    }
+    float *row = s->scores + r * a->row;
+    // Scores in base 2 (times log2 e), so that the exponential needs no range reduction by ln 2.
+    const __m512 scale = _mm512_set1_ps(a->scale * LOG2E), to_base2 = _mm512_set1_ps(LOG2E);
+    __m512 highest = _mm512_set1_ps(-__builtin_inff());
+    for (int64_t ky = 0; ky < h; ky++) {
+        uint32_t bits = (uint32_t)rel_h[ky] << 16;
+        float height;
+        memcpy(&height, &bits, sizeof height);
+        const __m512 term = _mm512_set1_ps(height);
+        for (int64_t kx = 0; kx < w; kx += 16) {
+            const __mmask16 m = (__mmask16)(w - kx >= 16 ? 0xffff : (1u << (w - kx)) - 1);
+            float *at = row + ky * w + kx;
+            const __m512 bias = round_to_bf16(_mm512_add_ps(term, _mm512_maskz_loadu_ps(m, s->rel_w + kx)));
+            const __m512 score = _mm512_fmadd_ps(bias, to_base2, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, at), scale));
+            _mm512_mask_storeu_ps(at, m, score);
+            highest = _mm512_mask_max_ps(highest, m, highest, score);
+        }
+    }
+    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(highest));
+    uint16_t *probabilities = s->probabilities + r * a->row;
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t j = 0; j < a->tokens; j += 16) {
+        const __mmask16 m = (__mmask16)(a->tokens - j >= 16 ? 0xffff : (1u << (a->tokens - j)) - 1);
+        const __m512 p = _mm512_maskz_mov_ps(m, exp2_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), top)));
+        total = _mm512_add_ps(total, p);
+        _mm256_mask_storeu_epi16(probabilities + j, m, (__m256i)_mm512_cvtneps_pbh(p));
+    }
+    return _mm512_reduce_add_ps(total);
+}
+
+static void attend_rows(const Attention *a, Scratch *s, int64_t batch, int64_t head, int64_t first, int64_t rows) {
+    query_scores(a, s, batch, head, first, rows);
+    float sums[QUERY_ROWS];
+    for (int64_t r = 0; r < QUERY_ROWS; r++) {
+        if (r < rows) {
+            sums[r] = softmax_row(a, s, batch, head, first + r, r);
+            memset(s->probabilities + r * a->row + a->tokens, 0, (size_t)(a->padded - a->tokens) * 2);
+        } else {
+            memset(s->probabilities + r * a->row, 0, (size_t)a->padded * 2);
+        }
+    }
+    _Alignas(64) float result[QUERY_ROWS][HEAD_DIM];
+    const int64_t stride = 2 * a->row;
+    for (int half = 0; half < 2; half++) {  // value columns [32 half, 32 half + 32)
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t block = 0; block < a->padded / 32; block++) {
+            _tile_loadd(4, s->probabilities + block * 32, stride);
+            _tile_loadd(5, s->probabilities + 16 * a->row + block * 32, stride);
+            _tile_loadd(6, s->values + (block * 4 + 2 * half) * 512, 64);
+            _tile_loadd(7, s->values + (block * 4 + 2 * half + 1) * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, &result[0][32 * half], 4 * HEAD_DIM);
+        _tile_stored(1, &result[0][32 * half + 16], 4 * HEAD_DIM);
+        _tile_stored(2, &result[16][32 * half], 4 * HEAD_DIM);
+        _tile_stored(3, &result[16][32 * half + 16], 4 * HEAD_DIM);
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        uint16_t *out = a->out + ((batch * a->tokens + first + r) * a->heads + head) * HEAD_DIM;
+        const __m512 inverse = _mm512_set1_ps(1.0f / sums[r]);
+        for (int c = 0; c < HEAD_DIM; c += 16)
+            _mm256_storeu_si256((__m256i *)(out + c),
+                                (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_load_ps(&result[r][c]), inverse)));
+    }
+}
+
+static int allocate(Scratch *s, const Attention *a) {
+    const size_t packed = (size_t)a->padded * HEAD_DIM * sizeof(uint16_t), rows = (size_t)QUERY_ROWS * a->row;
+    s->keys = aligned_alloc(64, packed);
+    s->values = aligned_alloc(64, packed);
+    s->scores = aligned_alloc(64, rows * sizeof(float));
+    s->probabilities = aligned_alloc(64, rows * sizeof(uint16_t));
+    s->rel_w = malloc((size_t)a->w * sizeof(float));
+    s->packed_head = -1;
+    return s->keys && s->values && s->scores && s->probabilities && s->rel_w;
+}
+
+static void release(Scratch *s) { free(s->keys), free(s->values), free(s->scores), free(s->probabilities), free(s->rel_w); }
+
+#endif
+
+// 1 where the kernel runs here (AVX512-BF16 and AMX, and the OS grants the tiles).
+int sam_attention_available(void) {
+#if HAVE_AMX_ATTENTION
+    return tiles_permitted();
+#else
+    return 0;
+#endif
+}
+
+// Returns 0, or -1 (not available here, head_dim other than 64, tokens other than h * w, or no
+// memory): the caller then uses torch.
+int sam_attention(const uint16_t *qkv, int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim,
+                  const uint16_t *rel_h, const uint16_t *rel_w, int64_t h, int64_t w, float scale, uint16_t *out,
+                  int threads) {
+#if HAVE_AMX_ATTENTION
+    if (!tiles_permitted() || head_dim != HEAD_DIM || tokens != h * w || tokens < 1) return -1;
+    const int64_t width = heads * HEAD_DIM;
+    const Attention a = {
+        .q = qkv, .k = qkv + width, .v = qkv + 2 * width,
+        .batch_stride = tokens * 3 * width, .token_stride = 3 * width,
+        .heads = heads, .tokens = tokens, .padded = (tokens + KEY_ALIGN - 1) / KEY_ALIGN * KEY_ALIGN,
+        .row = (tokens + KEY_ALIGN - 1) / KEY_ALIGN * KEY_ALIGN + 32,
+        .rel_h = rel_h, .rel_w = rel_w, .h = h, .w = w, .scale = scale, .out = out,
+    };
+    const int64_t blocks = (tokens + QUERY_ROWS - 1) / QUERY_ROWS, items = batch * heads * blocks;
+    if (threads < 1) threads = 1;
+    Scratch *scratch = calloc((size_t)threads, sizeof(Scratch));
+    int ready = scratch != NULL;
+    for (int t = 0; ready && t < threads; t++) ready = allocate(&scratch[t], &a);
+    if (ready) {
+#pragma omp parallel num_threads(threads)
+        {
+#ifdef _OPENMP
+            Scratch *s = &scratch[omp_get_thread_num()];
+#else
+            Scratch *s = &scratch[0];
+#endif
+            configure_tiles();
+#pragma omp for schedule(static)
+            for (int64_t item = 0; item < items; item++) {
+                const int64_t pair = item / blocks, block = item % blocks;  // pair: batch * heads + head
+                if (pair != s->packed_head) pack_head(&a, s, pair / heads, pair % heads), s->packed_head = pair;
+                const int64_t first = block * QUERY_ROWS;
+                const int64_t rows = tokens - first < QUERY_ROWS ? tokens - first : QUERY_ROWS;
+                attend_rows(&a, s, pair / heads, pair % heads, first, rows);
+            }
+            _tile_release();
+        }
+    }
+    for (int t = 0; scratch && t < threads; t++) release(&scratch[t]);
+    free(scratch);
+    return ready ? 0 : -1;
+#else
+    (void)qkv, (void)batch, (void)tokens, (void)heads, (void)head_dim, (void)rel_h, (void)rel_w, (void)h, (void)w;
+    (void)scale, (void)out, (void)threads;
+    return -1;
+#endif
+}
