@@ -153,6 +153,24 @@ def test_sam_linears_on_onednn_give_the_bits_of_the_torch_linear(shape):
         assert torch.equal(sam.linear(layer, transposed), layer(transposed))
 
 
+def test_sam_mlp_gelu_fused_on_onednn_is_closer_to_float32_than_torch_rounding_twice():
+    from deepseek_ocr import sam
+
+    if sam._ONEDNN_LINEAR is None:
+        pytest.skip("this torch has no oneDNN fused linear")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 384).to(torch.bfloat16)
+    x = torch.randn(4, 16, 16, 96).to(torch.bfloat16)
+    with torch.inference_mode():
+        exact = torch.nn.functional.gelu(torch.nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float()))
+        fused = sam.linear(layer, x, gelu=True)
+        twice = torch.nn.functional.gelu(layer(x))  # torch: the linear's output rounded, then the GELU's
+    assert not torch.equal(fused, twice)  # the fused path ran
+    fused_error, twice_error = [(out.float() - exact).abs().mean() for out in (fused, twice)]
+    assert fused_error < twice_error
+    assert (fused.float() - exact).abs().max() <= 2**-8 * exact.abs().max()  # one bfloat16 rounding
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_relative_position_bias_is_the_same_added_or_multiplied(dtype):
     from deepseek_ocr.sam import relative_position_bias
