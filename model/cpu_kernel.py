@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 #: Compiled together into one library: the decoding products and steps, and SAM's attention.
 SOURCES = tuple(Path(__file__).parent / "kernels" / name for name in ("cpu_decode.c", "cpu_attention.c"))
+_HEADERS = (Path(__file__).parent / "kernels" / "amx.h",)
 
 #: Set to 0 to do without the kernel (int4 then runs on PyTorch's int4 kernel, bfloat16 on torch's).
 ENV_SWITCH = "DEEPSEEK_OCR_CPU_KERNEL"
@@ -255,7 +256,7 @@ def _build() -> Path:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         raise OSError(f"no C compiler ({compiler}) on PATH")
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *_HEADERS))
     key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode() + compiler.encode())
     library = _cache_dir() / f"{SOURCES[0].stem}-{key.hexdigest()[:16]}.so"
     if library.exists():

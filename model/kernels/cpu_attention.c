@@ -36,9 +36,7 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
     defined(__linux__)
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "amx.h"
 #define HAVE_AMX_ATTENTION 1
 #else
 #define HAVE_AMX_ATTENTION 0
@@ -51,25 +49,11 @@
 
 #if HAVE_AMX_ATTENTION
 
-static int tiles_permitted(void) {
-    static int permitted = -1;
-    if (permitted < 0)
-        permitted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
-    return permitted;
-}
-
 // All eight tiles 16 rows x 64 bytes: float32 16 x 16 results, bf16 16 x 32 A operands, and
 // B operands of 16 bf16 pairs x 16 columns.
 static void configure_tiles(void) {
-    struct {
-        uint8_t palette, start_row, reserved[14];
-        uint16_t bytes_per_row[16];
-        uint8_t rows[16];
-    } config;
-    memset(&config, 0, sizeof config);
-    config.palette = 1;
-    for (int t = 0; t < 8; t++) config.rows[t] = 16, config.bytes_per_row[t] = 64;
-    _tile_loadconfig(&config);
+    const uint16_t bytes_per_row[8] = {64, 64, 64, 64, 64, 64, 64, 64};
+    configure_16row_tiles(8, bytes_per_row);
 }
 
 static inline __m512 bf16x16_to_float(__m256i bits) {
@@ -256,7 +240,7 @@ static void release(Scratch *s) { free(s->keys), free(s->values), free(s->scores
 // 1 where the kernel runs here (AVX512-BF16 and AMX, and the OS grants the tiles).
 int sam_attention_available(void) {
 #if HAVE_AMX_ATTENTION
-    return tiles_permitted();
+    return amx_permitted();
 #else
     return 0;
 #endif
@@ -268,7 +252,7 @@ int sam_attention(const uint16_t *qkv, int64_t batch, int64_t tokens, int64_t he
                   const uint16_t *rel_h, const uint16_t *rel_w, int64_t h, int64_t w, float scale, uint16_t *out,
                   int threads) {
 #if HAVE_AMX_ATTENTION
-    if (!tiles_permitted() || head_dim != HEAD_DIM || tokens != h * w || tokens < 1) return -1;
+    if (!amx_permitted() || head_dim != HEAD_DIM || tokens != h * w || tokens < 1) return -1;
     const int64_t width = heads * HEAD_DIM;
     const Attention a = {
         .q = qkv, .k = qkv + width, .v = qkv + 2 * width,

@@ -88,8 +88,7 @@
 #define HAVE_BF16C 0
 #endif
 #if HAVE_BF16C && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "amx.h"
 #define HAVE_AMX 1
 #else
 #define HAVE_AMX 0
@@ -437,30 +436,15 @@ DEFINE_CODED_BLOCK(coded_1row_4acts, 1, 4)
 
 static int amx_wanted = 1;
 
-// Linux hands AMX's tile state only to a process that asks for it, once.
-static int amx_ready(void) {
-    static int permitted = -1;
-    if (permitted < 0)
-        permitted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
-    return permitted && amx_wanted;
-}
+static int amx_ready(void) { return amx_permitted() && amx_wanted; }
 
 // Tiles 0-1: float32 accumulators (16 output rows x acts) of the two halves of each chunk (two
 // chains of tile products, summed at the end); 2-3: the halves' decoded weights (16 rows x 32
 // bf16); 4-5: their activations (16 input pairs x acts).
 static void configure_tiles(int64_t acts) {
-    struct {
-        uint8_t palette, start_row, reserved[14];
-        uint16_t bytes_per_row[16];
-        uint8_t rows[16];
-    } config;
-    memset(&config, 0, sizeof config);
-    config.palette = 1;
-    for (int t = 0; t < 6; t++) {
-        config.rows[t] = 16;
-        config.bytes_per_row[t] = t == 2 || t == 3 ? 64 : (uint16_t)(4 * acts);
-    }
-    _tile_loadconfig(&config);
+    const uint16_t per_act = (uint16_t)(4 * acts);  // a float32 or a bf16 pair per activation row
+    const uint16_t bytes_per_row[6] = {per_act, per_act, 64, 64, per_act, per_act};
+    configure_16row_tiles(6, bytes_per_row);
 }
 
 // bf16 of the activation tiles per chunk (and block of AMX_MAX_ACTS rows): two halves of 16 x 16 pairs.
