@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from deepseek_ocr import (
     load_model,
     plan_runtime,
 )
-from deepseek_ocr.loading import load_config, return_freed_memory
+from deepseek_ocr.loading import codes_bfloat16, load_config, return_freed_memory
 
 from .engine import (
     ENGINE_FACTORIES,
@@ -29,6 +30,8 @@ from .engine import (
     TokenCallback,
     VisionBudget,
 )
+
+log = logging.getLogger("docconv.engine")
 
 #: Table cells legitimately repeat; the official recipe exempts them from the repetition guard.
 _REPEATABLE_TOKENS = ("<td>", "</td>")
@@ -67,6 +70,8 @@ class DeepseekOcrEngine:
         self.device = self.plan.device
         self.dtype = self.plan.dtype_name
         self.quant = self.plan.quant
+        if codes_bfloat16(self.plan.device, self.plan.dtype, self.plan.quant):
+            log.info("bfloat16 decoder weights exponent-coded for docconv's CPU kernel (lossless)")
         self._exempt_ids = [self.processor.special_token_id(token) for token in _REPEATABLE_TOKENS]
 
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:

@@ -216,6 +216,17 @@ def test_int4_quantized_engine_converts_and_says_so(tmp_path: Path, tiny: list[s
     assert "on cpu, bfloat16, quant int4" in result.stderr
 
 
+def test_verbose_says_when_bfloat16_weights_are_exponent_coded(tmp_path: Path, tiny: list[str]) -> None:
+    from deepseek_ocr.exponent_coding import can_code
+
+    if not can_code():
+        pytest.skip("no AVX512-BF16: bfloat16 stays uncoded")
+    image = make_image(tmp_path / "note.png")
+    result = invoke(image, "-o", tmp_path / "note.md", "--mode", "tiny", "--dtype", "bfloat16", "--quant", "none", "-v", *tiny)
+    assert result.exit_code == 0, result.stderr
+    assert "quant none" in result.stderr and "exponent-coded" in result.stderr
+
+
 def test_engine_that_cannot_start_exits_3(tmp_path: Path) -> None:
     result = invoke(make_pdf(tmp_path / "a.pdf", 1), "--model", tmp_path / "no-such-model", "--device", "cpu")
     assert result.exit_code == 3
