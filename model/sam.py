@@ -131,18 +131,20 @@ class SamAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         qkv = linear(self.qkv, x)  # (b, h, w, 3 * width): (3, heads, head_dim) per position
-        # (b, heads, h*w, d)
-        q = qkv.reshape(b, h * w, 3, self.num_heads, self.head_dim)[:, :, 0].transpose(1, 2)
-        rel_h_table = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, d)
-        rel_w_table = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, d)
-        # Bias terms from the UNSCALED query: rel_h[y, x, ky] + rel_w[y, x, kx] at key (ky, kx).
-        grid_q = q.reshape(b, self.num_heads, h, w, self.head_dim)
-        rel_h = torch.einsum("bnywc,ykc->bnywk", grid_q, rel_h_table)  # (b, heads, h, w, h)
-        rel_w = torch.einsum("bnywc,wkc->bnywk", grid_q, rel_w_table)  # (b, heads, h, w, w)
+        rel_h, rel_w = self.relative_terms(qkv)
         out = self._attend_on_amx(qkv, rel_h, rel_w)
         if out is None:
             out = self._attend(qkv, rel_h, rel_w)
         return linear(self.proj, out)
+
+    def relative_terms(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bias terms (b, heads, h, w, h) and (b, heads, h, w, w) from the UNSCALED queries:
+        the bias at key (ky, kx) of query (y, x) is rel_h[..., y, x, ky] + rel_w[..., y, x, kx]."""
+        b, h, w, _ = qkv.shape
+        q = qkv.reshape(b, h, w, 3, self.num_heads, self.head_dim)[:, :, :, 0].permute(0, 3, 1, 2, 4)
+        rel_h = torch.einsum("bnywc,ykc->bnywk", q, get_rel_pos(h, h, self.rel_pos_h))
+        rel_w = torch.einsum("bnywc,wkc->bnywk", q, get_rel_pos(w, w, self.rel_pos_w))
+        return rel_h, rel_w
 
     def _attend_on_amx(self, qkv: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor | None:
         """(b, h, w, width) from the CPU kernel's attention (bfloat16 on AMX), or None where it does not run."""

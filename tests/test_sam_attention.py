@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from deepseek_ocr import cpu_kernel
 from deepseek_ocr.configuration import SamConfig
-from deepseek_ocr.sam import SamAttention, get_rel_pos
+from deepseek_ocr.sam import SamAttention
 
 
 @pytest.fixture
@@ -35,14 +35,11 @@ def attention_module(heads: int, size: int, seed: int) -> SamAttention:
 def exact_attention(attention: SamAttention, x: torch.Tensor) -> torch.Tensor:
     """The module's attention in float32 from the same bfloat16 q, k, v and bias terms (bias rounded as torch's)."""
     b, h, w, width = x.shape
-    heads, d = attention.num_heads, attention.head_dim
-    qkv = attention.qkv(x).reshape(b, h * w, 3, heads, d).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    grid = q.reshape(b, heads, h, w, d)
-    rel_h = torch.einsum("bnywc,ykc->bnywk", grid, get_rel_pos(h, h, attention.rel_pos_h))
-    rel_w = torch.einsum("bnywc,wkc->bnywk", grid, get_rel_pos(w, w, attention.rel_pos_w))
+    qkv = attention.qkv(x)
+    q, k, v = qkv.reshape(b, h * w, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    rel_h, rel_w = attention.relative_terms(qkv)
     bias = (rel_h.float().unsqueeze(-1) + rel_w.float().unsqueeze(-2)).to(torch.bfloat16).float()
-    out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias.reshape(b, heads, h * w, -1))
+    out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias.reshape(b, -1, h * w, h * w))
     return out.transpose(1, 2).reshape(b, h, w, width)
 
 
@@ -61,8 +58,8 @@ def test_kernel_attention_is_exact_attention_to_bfloat16_rounding(kernel, batch,
     with torch.inference_mode():
         qkv = attention.qkv(x)
         exact = exact_attention(attention, x)
-        on_amx = attention._attend_on_amx(qkv, *bias_terms(attention, qkv))
-        on_torch = attention._attend(qkv, *bias_terms(attention, qkv))
+        on_amx = attention._attend_on_amx(qkv, *attention.relative_terms(qkv))
+        on_torch = attention._attend(qkv, *attention.relative_terms(qkv))
     assert on_amx is not None and on_amx.shape == on_torch.shape == (batch, h, w, 64 * heads)
     amx_error, torch_error = [(out.float() - exact).abs() for out in (on_amx, on_torch)]
     # bfloat16 output rounding is 2^-9 relative; both paths stay within a few of those, alike.
@@ -70,16 +67,6 @@ def test_kernel_attention_is_exact_attention_to_bfloat16_rounding(kernel, batch,
     assert amx_error.max() <= 0.02 * scale and amx_error.mean() <= 1.2 * torch_error.mean() + 1e-6
     if h * w > 1:  # the sums run in other orders: identical outputs would mean the kernel never ran
         assert not torch.equal(on_amx, on_torch)
-
-
-def bias_terms(attention: SamAttention, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    b, h, w, _ = qkv.shape
-    q = qkv.reshape(b, h * w, 3, attention.num_heads, attention.head_dim)[:, :, 0].transpose(1, 2)
-    grid = q.reshape(b, attention.num_heads, h, w, attention.head_dim)
-    return (
-        torch.einsum("bnywc,ykc->bnywk", grid, get_rel_pos(h, h, attention.rel_pos_h)),
-        torch.einsum("bnywc,wkc->bnywk", grid, get_rel_pos(w, w, attention.rel_pos_w)),
-    )
 
 
 def test_the_module_follows_float32_on_amx_and_amx_can_be_switched_off(kernel):
@@ -99,7 +86,7 @@ def test_the_module_follows_float32_on_amx_and_amx_can_be_switched_off(kernel):
 def test_head_dims_other_than_64_and_float32_stay_on_torch(kernel):
     attention = SamAttention(SamConfig(width=64, heads=2), rel_pos_size=8).to(torch.bfloat16)  # head_dim 32
     qkv = torch.randn(1, 8, 8, 192).to(torch.bfloat16)
-    rel = bias_terms(attention, qkv)
+    rel = attention.relative_terms(qkv)
     with torch.inference_mode():
         assert attention._attend_on_amx(qkv, *rel) is None
         assert attention.float()._attend_on_amx(qkv.float(), *(t.float() for t in rel)) is None
