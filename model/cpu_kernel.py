@@ -8,9 +8,13 @@ reach it as descriptors: eight int64 naming the format, the shape and the addres
 weight's tensors (see ``Weight`` in the C source and
 :meth:`KernelLinear.descriptor <deepseek_ocr.kernel_linear.KernelLinear.descriptor>`).
 
-The kernel is compiled with ``-march=native`` by the machine's C compiler (``$CC``, else ``cc``)
-into a per-user cache, keyed by the sources and the CPU's feature flags, the first time it is
-needed (about a second). It is plain C with OpenMP rather than a torch C++ extension: without
+The kernel is compiled by the machine's C compiler (``$CC``, else ``cc``; a command with
+arguments such as ``ccache gcc`` works) into a per-user cache, keyed by the sources, the
+compiler's version, the variant's flags and the CPU's feature flags, the first time it is needed
+(about a second). It comes in variants (:data:`VARIANTS`), one per instruction-set level, each
+compiled for its own target: the best this CPU runs is taken, and ``DEEPSEEK_OCR_CPU_VARIANT``
+caps it at a lower one (to test every variant a machine can run, or to step around a fault). A
+cached library that does not load (a truncated file, say) is built again. It is plain C with OpenMP rather than a torch C++ extension: without
 torch's headers it builds in a second instead of a minute, and ctypes' call costs ~1.5 us.
 Linking ``-fopenmp`` resolves to the ``libgomp.so.1`` torch has already loaded, so the kernel
 shares torch's thread pool instead of starting a second one.
@@ -27,6 +31,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -39,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 #: Compiled together into one library: the decoding products and steps, and SAM's attention.
 SOURCES = tuple(Path(__file__).parent / "kernels" / name for name in ("cpu_decode.c", "cpu_attention.c"))
-_HEADERS = (Path(__file__).parent / "kernels" / "amx.h",)
+_HEADERS = tuple(Path(__file__).parent / "kernels" / name for name in ("amx.h", "vectors.h"))
 
 #: Set to 0 to do without the kernel (int4 then runs on PyTorch's int4 kernel, bfloat16 on torch's).
 ENV_SWITCH = "DEEPSEEK_OCR_CPU_KERNEL"
@@ -47,7 +52,38 @@ ENV_SWITCH = "DEEPSEEK_OCR_CPU_KERNEL"
 #: and SAM's bfloat16 attention on torch's SDPA.
 AMX_SWITCH = "DEEPSEEK_OCR_CPU_AMX"
 
-_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
+#: Caps the variant (one of :data:`VARIANTS`): the kernel then uses nothing above it.
+VARIANT_SWITCH = "DEEPSEEK_OCR_CPU_VARIANT"
+
+#: The kernel's variants, best first. amx: AVX-512 with AMX tiles (batched coded products, SAM's
+#: attention); avx512: AVX-512 (VNNI int4 and AVX512-BF16 coded products where the CPU has
+#: them); avx2: AVX2 + FMA + F16C; neon: AArch64's Advanced SIMD; portable: plain C.
+VARIANTS = ("amx", "avx512", "avx2", "neon", "portable")
+
+_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno")
+
+#: Each variant's target flags (x86-64 ones on x86-64, neon on AArch64); portable also compiles
+#: the vector paths out on a CPU whose baseline has vectors.
+_TARGET_FLAGS = {
+    "amx": ("-march=native",),
+    "avx512": ("-march=native", "-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"),
+    "avx2": ("-march=x86-64-v3", "-mtune=native"),
+    "neon": ("-mcpu=native",),
+    "portable": ("-DKERNEL_PORTABLE",),
+}
+
+#: What each x86-64 variant needs in /proc/cpuinfo's flags.
+_X86_NEEDS = {
+    "amx": {"avx512f", "avx512bw", "avx512_bf16", "amx_tile", "amx_bf16"},
+    "avx512": {"avx512f", "avx512bw", "avx512vl"},
+    "avx2": {"avx2", "fma", "f16c", "bmi2", "movbe"},
+}
+
+#: The vector instruction set each variant's products use where AVX-512's are not there.
+_VECTOR_ISA = {"amx": "AVX2", "avx512": "AVX2", "avx2": "AVX2", "neon": "NEON"}
+
+#: kernel_variant()'s numbers.
+_VARIANT_NUMBERS = {4: "amx", 3: "avx512", 2: "avx2", 1: "neon", 0: "portable"}
 
 #: Weight formats, as the C source numbers them.
 FORMAT_INT4, FORMAT_BF16C = 1, 2
@@ -64,10 +100,17 @@ class CpuKernel:
         self._bind("sam_attention", _I32, [_POINTER, _I64, _I64, _I64, _I64, _POINTER, _POINTER, _I64, _I64, _F32,
                                            _POINTER, _I32])  # fmt: skip
         features = library.kernel_features()
-        #: int4's VNNI path; without it int4 runs the portable loops (PyTorch's int4 kernel is faster then).
-        self.int4_vnni = bool(features & 1)
-        #: The exponent-coded bfloat16 product (AVX512-BF16); without it bfloat16 stays uncoded.
+        #: The instruction sets the library was built for (one of :data:`VARIANTS`).
+        self.variant = _VARIANT_NUMBERS[library.kernel_variant()]
+        #: int4 on vectors (AVX-512 VNNI or AVX2); without it int4 runs the portable loops
+        #: (PyTorch's int4 kernel is faster then).
+        self.int4_fast = bool(features & 1)
+        #: Exponent-coded bfloat16 on vectors (AVX512-BF16 or AVX2); without it bfloat16 stays uncoded.
         self.coded_bf16 = bool(features & 2)
+        #: A bfloat16 model's coded products on AVX512-BF16's dot product (else widened to float32).
+        self.bf16_dot = bool(features & 8)
+        #: The instruction set of the vector products: what ``docconv doctor`` names.
+        self.int4_isa = "AVX-512 VNNI" if features & 16 else _VECTOR_ISA.get(self.variant, "")
         self.use_amx(os.environ.get(AMX_SWITCH, "1") != "0")
         self._bind("kernel_linear", _I32, [_POINTER, _I32, _I64, _POINTER, _POINTER, _I32, _I32, _I32])
         self._bind("kernel_linear_many", _I32, [_POINTER, _I32, _I32, _I32, _I32])
@@ -93,13 +136,16 @@ class CpuKernel:
         function.restype, function.argtypes = restype, argtypes
         setattr(self, "_" + name, function)
 
-    def linear(self, rows: torch.Tensor, weight: torch.Tensor, out_features: int, portable: bool = False) -> torch.Tensor:
-        """(M, K) float32 or bfloat16 rows -> (M, N) of the same dtype. ``portable``: int4's plain C loops."""
-        out = torch.empty(rows.shape[0], out_features, dtype=rows.dtype)
-        is_bf16 = int(rows.dtype == torch.bfloat16)
+    def linear(
+        self, rows: torch.Tensor, weight: torch.Tensor, out_features: int, portable: bool = False,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """(M, K) float32 or bfloat16 rows -> (M, N) in ``out_dtype`` (default: the rows' dtype).
+        ``portable``: the plain C loops, whatever the CPU has."""
+        out = torch.empty(rows.shape[0], out_features, dtype=out_dtype or rows.dtype)
         status = self._kernel_linear(
-            rows.data_ptr(), is_bf16, rows.shape[0], weight.data_ptr(), out.data_ptr(), is_bf16,
-            torch.get_num_threads(), int(portable),
+            rows.data_ptr(), int(rows.dtype == torch.bfloat16), rows.shape[0], weight.data_ptr(), out.data_ptr(),
+            int(out.dtype == torch.bfloat16), torch.get_num_threads(), int(portable),
         )  # fmt: skip
         if status:
             raise ValueError(f"CPU kernel refused a {tuple(rows.shape)} product with weight {weight.tolist()[:4]}")
@@ -226,8 +272,8 @@ def load() -> CpuKernel | None:
         unavailable_reason = f"switched off ({ENV_SWITCH}=0)"
         return None
     try:
-        return CpuKernel(ctypes.CDLL(str(_build())))
-    except (OSError, subprocess.CalledProcessError) as error:
+        return CpuKernel(_open(_build(chosen_variant())))
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         detail = (getattr(error, "stderr", "") or str(error)).strip()[:300]
         unavailable_reason = f"could not be built ({detail})"
         logger.warning("CPU kernel %s; int4 uses PyTorch's slower int4 kernel, bfloat16 stays uncoded", unavailable_reason)
@@ -242,23 +288,56 @@ def describe() -> str:
             f"not available: {unavailable_reason}; --quant int4 uses PyTorch's int4 kernel (about half as fast), "
             "bfloat16 runs uncoded on torch"
         )
-    int4 = "int4 on AVX-512 VNNI" if kernel.int4_vnni else "no AVX-512 VNNI: int4 on PyTorch's int4 kernel (about half as fast)"
-    bf16 = (
-        "bfloat16 exponent-coded on AVX512-BF16" + (", batches on AMX" if kernel.amx_bf16 else "")
-        if kernel.coded_bf16
-        else "no AVX512-BF16: bfloat16 uncoded on torch"
-    )
+    best = supported_variants()[0]
+    why = f"capped by {VARIANT_SWITCH}; this CPU runs {best}" if kernel.variant != best else "the best this CPU runs"
+    int4 = f"int4 on {kernel.int4_isa}" if kernel.int4_fast else "int4 on PyTorch's int4 kernel (no vector int4 path)"
+    if not kernel.coded_bf16:
+        bf16 = "bfloat16 uncoded on torch"
+    elif kernel.bf16_dot:
+        bf16 = "bfloat16 exponent-coded on AVX512-BF16" + (", batches on AMX" if kernel.amx_bf16 else "")
+    else:
+        bf16 = f"bfloat16 exponent-coded, widened to float32 on {_VECTOR_ISA[kernel.variant]}"
     attention = "; SAM attention on AMX" if kernel.amx_attention else ""
-    return f"built; {int4}; {bf16}{attention} ({kernel.library._name})"
+    return f"built, variant {kernel.variant} ({why}); {int4}; {bf16}{attention} ({kernel.library._name})"
 
 
-def _build() -> Path:
-    compiler = os.environ.get("CC") or "cc"
-    if shutil.which(compiler) is None:
-        raise OSError(f"no C compiler ({compiler}) on PATH")
+def supported_variants() -> tuple[str, ...]:
+    """The variants this CPU runs, best first (portable always)."""
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return ("neon", "portable")
+    if machine not in ("x86_64", "amd64"):
+        return ("portable",)
+    flags = _cpu_flags()
+    return (*(variant for variant, needs in _X86_NEEDS.items() if needs <= flags), "portable")
+
+
+def chosen_variant() -> str:
+    """The best supported variant, or the one :data:`VARIANT_SWITCH` caps it at."""
+    supported = supported_variants()
+    requested = os.environ.get(VARIANT_SWITCH, "").strip().lower()
+    if not requested:
+        return supported[0]
+    if requested not in VARIANTS:
+        logger.warning("%s=%s is not one of %s; using %s", VARIANT_SWITCH, requested, ", ".join(VARIANTS), supported[0])
+        return supported[0]
+    below = VARIANTS[VARIANTS.index(requested) :]
+    return next(variant for variant in below if variant in supported)
+
+
+def build(variant: str) -> Path:
+    """The library of ``variant`` for this machine, compiled if not cached (for tests and benchmarks:
+    a variant above what the CPU runs builds but must not be called)."""
+    return _build(variant)
+
+
+def _build(variant: str) -> Path:
+    compiler = _compiler()
+    flags = (*_FLAGS, *_TARGET_FLAGS[variant])
     source = b"".join(path.read_bytes() for path in (*SOURCES, *_HEADERS))
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode() + compiler.encode())
-    library = _cache_dir() / f"{SOURCES[0].stem}-{key.hexdigest()[:16]}.so"
+    signature = [" ".join(compiler), _compiler_version(tuple(compiler)), " ".join(flags), _cpu_signature()]
+    key = hashlib.sha256(source + "\n".join(signature).encode())
+    library = _cache_dir() / f"{SOURCES[0].stem}-{variant}-{key.hexdigest()[:16]}.so"
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
@@ -266,14 +345,54 @@ def _build() -> Path:
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         built = Path(scratch) / library.name
         subprocess.run(
-            [compiler, *_FLAGS, "-o", str(built), *map(str, SOURCES), "-lm"], check=True, capture_output=True, text=True
-        )
+            [*compiler, *flags, "-o", str(built), *map(str, SOURCES), "-lm"],
+            check=True, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
         os.replace(built, library)
     return library
 
 
+def _open(library: Path) -> ctypes.CDLL:
+    """Load a built library; one that does not load or lacks the kernel's entry points (a cached
+    file truncated by a full disk, say) is removed and built again, once."""
+    try:
+        opened = ctypes.CDLL(str(library))
+        opened.kernel_variant  # noqa: B018 - raises AttributeError where the file is not the kernel
+        return opened
+    except (OSError, AttributeError) as error:
+        logger.warning("cached CPU kernel %s does not load (%s); building it again", library, error)
+        library.unlink(missing_ok=True)
+        variant = library.name.removeprefix(f"{SOURCES[0].stem}-").rsplit("-", 1)[0]
+        return ctypes.CDLL(str(_build(variant)))
+
+
+def _compiler() -> list[str]:
+    """$CC (a command, possibly with arguments: ``ccache gcc``), else ``cc``."""
+    compiler = shlex.split(os.environ.get("CC") or "cc")
+    if not compiler or shutil.which(compiler[0]) is None:
+        raise OSError(f"no C compiler ({' '.join(compiler) or 'CC is empty'}) on PATH")
+    return compiler
+
+
+@functools.cache
+def _compiler_version(compiler: tuple[str, ...]) -> str:
+    """The compiler's own account of its version: a new compiler builds a new library."""
+    result = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60)
+    return result.stdout.strip()
+
+
 def _cache_dir() -> Path:
     return Path(os.environ.get("DEEPSEEK_OCR_KERNEL_CACHE") or platformdirs.user_cache_dir("deepseek_ocr")) / "kernels"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _cpu_signature() -> str:

@@ -65,7 +65,7 @@ class Int4Linear(KernelLinear):
 
     def takes_fused_steps(self) -> bool:
         kernel = cpu_kernel.load()
-        return super().takes_fused_steps() and self.group_size == 64 and kernel.int4_vnni
+        return super().takes_fused_steps() and self.group_size == 64 and kernel.int4_fast
 
     def forward_without_kernel(self, rows: torch.Tensor) -> torch.Tensor:
         if self.pytorch_layout:  # vectorized for bfloat16 activations only
@@ -146,7 +146,7 @@ def quantize_linears_int4(
     """Replace the named ``nn.Linear`` submodules of ``model`` by :class:`Int4Linear`, one at a time
     (``read_weight`` as :func:`~.kernel_linear.replace_linears` takes it)."""
     kernel = cpu_kernel.load()
-    pytorch_is_faster = kernel is None or not kernel.int4_vnni
+    pytorch_is_faster = kernel is None or not kernel.int4_fast
 
     def quantize(linear: nn.Linear, weight: torch.Tensor) -> Int4Linear:
         module = Int4Linear(linear.in_features, linear.out_features, int4_group_size(linear), linear.bias)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepseek_ocr import cpu_kernel
 from docconv.config import KEYS, env_var, load_settings
 from docconv.doctor import report_rows
 
@@ -35,11 +36,13 @@ def test_report_names_versions_accelerators_and_the_cache(isolated: Path) -> Non
     assert report["weights cache"] == str(isolated / "cache")
     assert report["cached models"].startswith("none")
     assert "bitsandbytes" in report and "flash-attn" in report
-    # gcc is on this machine kind, so the kernel builds; which paths depends on the CPU.
-    flags = Path("/proc/cpuinfo").read_text()
-    assert report["cpu kernel"].startswith("built; ")
-    assert ("int4 on AVX-512 VNNI" in report["cpu kernel"]) == ("avx512_vnni" in flags)
-    assert ("bfloat16 exponent-coded on AVX512-BF16" in report["cpu kernel"]) == ("avx512_bf16" in flags)
+    # gcc is on this machine kind, so the kernel builds; which paths depends on the CPU and the variant.
+    flags, kernel, variant = Path("/proc/cpuinfo").read_text(), report["cpu kernel"], cpu_kernel.chosen_variant()
+    assert kernel.startswith(f"built, variant {variant} (")
+    avx512 = variant in ("amx", "avx512")
+    assert ("int4 on AVX-512 VNNI" in kernel) == ("avx512_vnni" in flags and avx512)
+    assert ("bfloat16 exponent-coded on AVX512-BF16" in kernel) == ("avx512_bf16" in flags and avx512)
+    assert ("exponent-coded" in kernel) == (variant != "portable")
     assert report["config file"].endswith("(not created; defaults apply)")
 
 

@@ -21,7 +21,10 @@ from deepseek_ocr.quantization import quantize_linears_int4
 
 from .test_quantization import case_inputs
 
-pytestmark = pytest.mark.skipif(not can_code(), reason="the CPU kernel has no AVX512-BF16 product here")
+pytestmark = pytest.mark.skipif(cpu_kernel.load() is None, reason="the CPU kernel cannot be built here (no C compiler)")
+needs_vector_product = pytest.mark.skipif(
+    not can_code(), reason="this kernel variant has no vector coded product (portable): bfloat16 stays uncoded"
+)
 
 
 def normal_weight(out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
@@ -73,6 +76,7 @@ def test_a_decoder_weight_takes_three_quarters_of_its_bytes():
     assert odd.coded_bytes == exponent_coded_bytes(5, 100, odd.exceptions.shape[0])
 
 
+@needs_vector_product
 def test_the_memory_estimate_counts_the_coded_model_to_the_byte():
     model, _ = coded_model(dtype="bfloat16", quant="none")
     held = {id(t): t for t in [*model.parameters(), *model.buffers()]}
@@ -88,31 +92,52 @@ def test_only_bfloat16_weights_are_coded():
 
 
 def float_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """What the kernel computes: x rounded to bfloat16 times the exact weight."""
-    return x.to(torch.bfloat16).double() @ weight.double().T
+    """What the kernel computes: x as it is (float32 or bfloat16) times the exact weight."""
+    return x.double() @ weight.double().T
 
 
+def within_float32_summation(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """out is x @ weight.T with exact products, up to float32 summation error."""
+    scale = x.double().abs() @ weight.double().abs().T
+    return bool(((out.double() - float_reference(x, weight)).abs() <= 1e-6 * scale + 1e-30).all())
+
+
+def kernel_products(x: torch.Tensor, layer: ExponentCodedLinear) -> dict[str, torch.Tensor]:
+    """x @ W.T in float32 through the kernel's vector path (where this variant has one) and its plain C loops."""
+    kernel = cpu_kernel.load()
+    paths = {"portable": True, "vectors": False} if can_code() else {"portable": True}
+    return {
+        name: kernel.linear(x, layer.descriptor(), layer.out_features, portable=portable, out_dtype=torch.float32)
+        for name, portable in paths.items()
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 9, ExponentCodedLinear.kernel_max_rows])
 @pytest.mark.parametrize(("out_features", "in_features"), [(50, 1280), (7, 64), (33, 96), (1280, 896)])
-def test_products_equal_the_exact_weights_product_to_float32_rounding(rows, out_features, in_features):
+def test_products_equal_the_exact_weights_product_to_float32_rounding(rows, out_features, in_features, dtype):
+    """float32 activations are multiplied as they are (a float32 model's), bfloat16 ones exactly."""
     weight = normal_weight(out_features, in_features, seed=rows)
     layer = ExponentCodedLinear.from_weight(weight)
-    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows))
-    out = layer(x)  # float32 in, float32 out: no output rounding
-    reference = float_reference(x, weight)
-    scale = x.to(torch.bfloat16).double().abs() @ weight.double().abs().T
-    assert out.dtype == torch.float32 and out.shape == (rows, out_features)
-    assert ((out.double() - reference).abs() <= 1e-6 * scale + 1e-30).all()
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows)).to(dtype)
+    for path, out in kernel_products(x, layer).items():
+        assert out.shape == (rows, out_features)
+        assert within_float32_summation(out, x, weight), path
+    if dtype == torch.float32:  # the layer itself: float32 in, float32 out, no rounding anywhere
+        out = layer(x)
+        assert out.dtype == torch.float32 and within_float32_summation(out, x, weight)
 
 
-def test_exceptions_and_special_values_are_multiplied_too():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exceptions_and_special_values_are_multiplied_too(dtype):
     weight = awkward_weight()[[0, 2, 3]]  # the rows with exceptions, zeros and tiny values (no inf or nan)
     layer = ExponentCodedLinear.from_weight(weight)
-    x = torch.randn(2, 1280, generator=torch.Generator().manual_seed(5))
-    reference = float_reference(x, weight)
-    scale = x.to(torch.bfloat16).double().abs() @ weight.double().abs().T
-    assert ((layer(x).double() - reference).abs() <= 1e-6 * scale + 1e-30).all()
-    assert torch.isnan(ExponentCodedLinear.from_weight(awkward_weight()[1:2])(x)).all()  # inf - inf + nan
+    x = torch.randn(2, 1280, generator=torch.Generator().manual_seed(5)).to(dtype)
+    for path, out in kernel_products(x, layer).items():
+        assert within_float32_summation(out, x, weight), path
+    special = ExponentCodedLinear.from_weight(awkward_weight()[1:2])
+    for out in kernel_products(x, special).values():
+        assert torch.isnan(out).all()  # inf - inf + nan
 
 
 @pytest.fixture
@@ -131,15 +156,13 @@ def test_batched_products_on_amx_equal_the_exact_product(kernel_with_amx, rows):
     weight[:, :40] = torch.logspace(-30, -4, 40, base=2).to(torch.bfloat16)  # too many exponents for 16
     layer = ExponentCodedLinear.from_weight(weight)
     assert (layer.exception_rows.diff() > 0).all()  # every row's exceptions are added back on AMX too
-    x = torch.randn(rows, 1344, generator=torch.Generator().manual_seed(rows))
-    reference = float_reference(x, weight)
-    scale = x.to(torch.bfloat16).double().abs() @ weight.double().abs().T
-    on_amx = layer(x)
+    x = torch.randn(rows, 1344, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+    on_amx = kernel_with_amx.linear(x, layer.descriptor(), 100, out_dtype=torch.float32)
     kernel_with_amx.use_amx(False)
     assert not kernel_with_amx.amx_bf16
-    on_vectors = layer(x)
+    on_vectors = kernel_with_amx.linear(x, layer.descriptor(), 100, out_dtype=torch.float32)
     for out in (on_amx, on_vectors):
-        assert ((out.double() - reference).abs() <= 1e-6 * scale + 1e-30).all()
+        assert within_float32_summation(out, x, weight)
     # The two sum in different orders: equal outputs would mean the AMX path never ran.
     assert not torch.equal(on_amx, on_vectors)
 
@@ -151,6 +174,7 @@ def test_the_environment_switch_keeps_batches_off_amx(kernel_with_amx, monkeypat
     assert kernel_with_amx.amx_bf16
 
 
+@needs_vector_product
 @pytest.mark.parametrize("seed", range(4))
 def test_bfloat16_outputs_are_rounded_once(seed):
     weight = normal_weight(96, 1280)
@@ -186,6 +210,7 @@ def test_without_the_kernel_the_torch_decoder_serves(monkeypatch):
     assert torch.equal(layer(x), functional.linear(x, weight))
 
 
+@needs_vector_product
 def test_grouped_products_mix_formats_and_equal_one_call_each():
     torch.manual_seed(4)
     holder = nn.Module()
@@ -207,6 +232,7 @@ def coded_model(**plan):
     return load_model(directory, plan_runtime(device="cpu", **plan)), inputs
 
 
+@needs_vector_product
 def test_bfloat16_checkpoints_load_with_the_decoder_coded_and_the_vision_tower_as_is():
     model, _ = coded_model(dtype="bfloat16", quant="none")
     coded = {name for name, module in model.named_modules() if isinstance(module, ExponentCodedLinear)}
@@ -228,6 +254,7 @@ def test_without_the_kernel_bfloat16_stays_uncoded(monkeypatch):
     assert not any(isinstance(module, ExponentCodedLinear) for module in model.modules())
 
 
+@needs_vector_product
 def test_a_coded_model_reads_a_page_as_the_uncoded_one(monkeypatch):
     """Same weights: the prompt's logits agree to bfloat16 rounding and greedy picks the same first tokens."""
     coded, inputs = coded_model(dtype="bfloat16", quant="none")

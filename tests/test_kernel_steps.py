@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 
 import pytest
 import torch
@@ -20,12 +18,18 @@ from deepseek_ocr.quantization import quantize_linears_int4
 
 PROMPT = 37
 
+pytestmark = pytest.mark.skipif(cpu_kernel.load() is None, reason="the CPU kernel cannot be built here (no C compiler)")
+
+_NO_CODING = pytest.mark.skipif(not can_code(), reason="this kernel variant has no vector coded product (portable)")
+_NO_INT4 = pytest.mark.skipif(
+    cpu_kernel.load() is None or not cpu_kernel.load().int4_fast,
+    reason="this kernel variant has no vector int4 path (portable): int4 runs on PyTorch's int4 kernel, without steps",
+)
 FORMATS = [
-    pytest.param("int4", torch.bfloat16, id="int4-bf16"),
-    pytest.param("int4", torch.float32, id="int4-fp32"),
-    pytest.param(
-        "coded", torch.bfloat16, id="coded-bf16", marks=pytest.mark.skipif(not can_code(), reason="no AVX512-BF16")
-    ),
+    pytest.param("int4", torch.bfloat16, id="int4-bf16", marks=_NO_INT4),
+    pytest.param("int4", torch.float32, id="int4-fp32", marks=_NO_INT4),
+    pytest.param("coded", torch.bfloat16, id="coded-bf16", marks=_NO_CODING),
+    pytest.param("coded", torch.float32, id="coded-fp32", marks=_NO_CODING),
 ]
 
 
@@ -99,6 +103,7 @@ def test_a_layer_decodes_the_same_token_in_two_kernel_calls(weights, dtype, laye
     assert relative_error(fused, separate) < 0.02
 
 
+@_NO_INT4
 @pytest.mark.parametrize("normalize", [False, True], ids=["top-k as routed", "top-k renormalised"])
 @pytest.mark.parametrize("shared", [2, 0], ids=["shared experts", "no shared experts"])
 def test_routing_options_decode_the_same_token(normalize, shared):
@@ -107,6 +112,7 @@ def test_routing_options_decode_the_same_token(normalize, shared):
     assert relative_error(decode_one_token(layer, torch.bfloat16)[0], torch_path(layer, torch.bfloat16)[0]) < 0.02
 
 
+@_NO_INT4
 def test_a_cache_that_cannot_grow_in_place_leaves_attention_to_torch():
     layer = kernel_layer("int4", torch.bfloat16, 1, small_config())
     fused, fused_keys = decode_one_token(layer, torch.bfloat16, DynamicCache())
@@ -151,6 +157,7 @@ def test_moving_the_layer_forgets_the_kernel_tables():
     assert layer.kernel_weights is None
 
 
+@_NO_INT4
 def test_the_cache_grows_when_the_kernel_appends_past_its_room():
     layer = kernel_layer("int4", torch.bfloat16, 0, small_config())
     cache = GrowingCache()
@@ -166,22 +173,37 @@ def test_the_cache_grows_when_the_kernel_appends_past_its_room():
     assert torch.equal(cache.layers[0].keys[..., : buffer.shape[-2], :], buffer)
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
-def test_a_build_without_avx512_declines_the_steps_and_keeps_int4_products(tmp_path):
-    """What a machine without AVX-512 compiles: int4's portable loops, and no whole-step paths."""
-    library = tmp_path / "portable.so"
-    subprocess.run(
-        ["cc", "-O2", "-fopenmp", "-fPIC", "-shared", "-o", str(library), *map(str, cpu_kernel.SOURCES), "-lm"], check=True
-    )
-    portable = cpu_kernel.CpuKernel(ctypes.CDLL(str(library)))
-    assert not portable.int4_vnni and not portable.coded_bf16
-    layer = kernel_layer("int4", torch.bfloat16, 1, small_config())
+def lower_variants() -> list[str]:
+    """Every variant this CPU runs below the one in use (the suite itself runs on that one)."""
+    supported = cpu_kernel.supported_variants()
+    return list(supported[supported.index(cpu_kernel.load().variant) + 1 :])
+
+
+@pytest.mark.parametrize("variant", cpu_kernel.VARIANTS)
+@pytest.mark.parametrize(("weights", "dtype"), FORMATS)
+def test_every_lower_variant_this_cpu_runs_computes_the_same_steps(variant, weights, dtype):
+    """A CPU without AVX-512 (or without AVX2) builds a lower variant: its products and whole
+    decoding steps give what this machine's variant gives, to float32 rounding (int4: to the
+    rounding of its per-group activation scales)."""
+    if variant not in lower_variants():
+        pytest.skip(f"{variant} is not below this run's variant on this CPU ({cpu_kernel.load().variant})")
+    lower = cpu_kernel.CpuKernel(ctypes.CDLL(str(cpu_kernel.build(variant))))
+    assert lower.variant == variant
+    assert lower.int4_fast == lower.coded_bf16 == (variant != "portable")
+    layer = kernel_layer(weights, dtype, 1, small_config())
     attention, routed, shared = layer.kernel_weights
-    hidden = torch.randn(128, dtype=torch.bfloat16)
+    torch.manual_seed(6)
+    hidden = (3 * torch.randn(3, 128)).to(dtype)
     norm = (layer.post_attention_layernorm.weight, 1e-6)
     router = (layer.mlp.gate.weight, 3, False, 1.0)
-    assert not portable.mlp_step(hidden, norm, router, routed.descriptors, shared.descriptors)
-    x = torch.randn(3, 128, dtype=torch.bfloat16)
+    stepped = {}
+    for name, kernel in (("lower", lower), ("this", cpu_kernel.load())):
+        stepped[name] = hidden.clone()
+        assert kernel.mlp_step(stepped[name], norm, router, routed.descriptors, shared.descriptors)
+    assert relative_error(stepped["lower"] - hidden, stepped["this"] - hidden) < 0.01
     q_proj = layer.self_attn.q_proj
-    expected = cpu_kernel.load().linear(x, q_proj.descriptor(), 128)
-    torch.testing.assert_close(portable.linear(x, q_proj.descriptor(), 128), expected, atol=1e-2, rtol=1e-2)
+    x = torch.randn(5, 128).to(dtype)
+    torch.testing.assert_close(
+        lower.linear(x, q_proj.descriptor(), 128), cpu_kernel.load().linear(x, q_proj.descriptor(), 128),
+        atol=1e-2, rtol=1e-2,
+    )  # fmt: skip

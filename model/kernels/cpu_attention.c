@@ -34,7 +34,7 @@
 #include <omp.h>
 #endif
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
+#if !defined(KERNEL_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AMX_TILE__) && \
     defined(__linux__)
 #include "amx.h"
 #define HAVE_AMX_ATTENTION 1

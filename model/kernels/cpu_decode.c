@@ -71,12 +71,8 @@
 #include <omp.h>
 #endif
 
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-#include <immintrin.h>
-#define HAVE_AVX512 1
-#else
-#define HAVE_AVX512 0
-#endif
+#include "vectors.h"
+
 #if HAVE_AVX512 && defined(__AVX512VNNI__)
 #define HAVE_VNNI512 1
 #else
@@ -93,6 +89,12 @@
 #else
 #define HAVE_AMX 0
 #endif
+// int4 products of groups of 64 without VNNI: vpmaddubsw and vpmaddwd (the AVX2 route llama.cpp's
+// Q4 kernels take), exact in int32 as VNNI's.
+#define HAVE_INT4_AVX2 (HAVE_AVX2 && !HAVE_VNNI512)
+// Where a vector path multiplies int4 groups of 64 and coded bfloat16 with float32 activations.
+#define HAVE_INT4_VECTORS (HAVE_VNNI512 || HAVE_INT4_AVX2 || HAVE_NEON)
+#define HAVE_WIDE_VECTORS (HAVE_AVX2 || HAVE_NEON)
 
 enum { FORMAT_INT4 = 1, FORMAT_BF16C = 2 };
 
@@ -106,13 +108,6 @@ typedef struct {
     const int32_t *exception_rows;    // bf16c
     const uint16_t *exceptions;       // bf16c
 } Weight;
-
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
 
 static inline uint16_t float_to_bf16(float f) {  // round to nearest even, as torch does
     uint32_t bits;
@@ -136,6 +131,12 @@ static inline void store(void *out, int out_bf16, int64_t index, float value) {
 static int64_t coded_chunks(int64_t K) { return (K + 63) / 64; }
 
 // ---- int4 ---------------------------------------------------------------------------------
+
+// Streaming from memory, the hardware prefetcher alone left lm_head's product at ~15 GB/s;
+// asking for the row this far ahead (into L2) brings it to ~23 GB/s, near a plain read's 24.
+// Farther (16-64 rows) or into L1 measured no better.
+#define PREFETCH_ROWS 8
+
 
 // The activation rows, quantized per group: xq = round(x / sx), sx = max|x| / 127.
 typedef struct {
@@ -173,7 +174,6 @@ static void quantize_group64(const float *v, int8_t *xq, float *sx, float *xsum,
     }
     *sx = top / 127.f, *xsum = _mm512_reduce_add_ps(sum), *centre = 8.f * *sx * (float)_mm512_reduce_add_epi32(qsum);
 }
-
 // The VNNI path reads two groups at once (see DEFINE_INT4_BLOCK): within each pair of groups
 // (g, h) the activations are stored as g[0:32] h[0:32] g[32:64] h[32:64], matching the low and
 // high nibbles of the pair's 64 packed bytes. A last unpaired group keeps its natural order.
@@ -185,9 +185,50 @@ static void pair_groups(int8_t *xq, int64_t groups) {
         memcpy(xq + g * 64 + 64, swap, 32);
     }
 }
+#elif HAVE_INT4_AVX2
+static inline float max8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+static inline int32_t sum8_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+}
+
+// The same as quantize_group for G = 64, eight lanes at a time.
+static void quantize_group64(const float *v, int8_t *xq, float *sx, float *xsum, float *centre) {
+    __m256 part[8], amax = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    for (int k = 0; k < 8; k++) {
+        part[k] = _mm256_loadu_ps(v + 8 * k);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, part[k]));
+        sum = _mm256_add_ps(sum, part[k]);
+    }
+    const float top = max8(amax), inverse = top > 0.f ? 127.f / top : 0.f;
+    __m256i q[8], qsum = _mm256_setzero_si256();
+    for (int k = 0; k < 8; k++) {
+        q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(part[k], _mm256_set1_ps(inverse)));  // nearest even
+        qsum = _mm256_add_epi32(qsum, q[k]);
+    }
+    // Packing narrows within 128-bit lanes; the permute puts the 4-byte runs back in order.
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int k = 0; k < 8; k += 4) {
+        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[k], q[k + 1]), _mm256_packs_epi32(q[k + 2], q[k + 3]));
+        _mm256_storeu_si256((__m256i *)(xq + 8 * k), _mm256_permutevar8x32_epi32(bytes, order));
+    }
+    float total[8];
+    _mm256_storeu_ps(total, sum);
+    *sx = top / 127.f, *centre = 8.f * *sx * (float)sum8_epi32(qsum);
+    *xsum = ((total[0] + total[4]) + (total[1] + total[5])) + ((total[2] + total[6]) + (total[3] + total[7]));
+}
+
 #endif
 
-static int int4_vnni_path(int64_t G, int portable) { return HAVE_VNNI512 && !portable && G == 64; }
+// Whether int4 products of group size G take a vector path (VNNI, else AVX2) or the portable loops.
+static int int4_vector_path(int64_t G, int portable) { return HAVE_INT4_VECTORS && !portable && G == 64; }
 
 static int allocate_activations(Activations *a, int64_t M, int64_t K, int64_t G) {
     const int64_t groups = K / G, padded = (M + 3) / 4 * 4;  // rows, padded for the 4-row blocks
@@ -209,8 +250,8 @@ static void quantize_activations(const void *x, int x_bf16, int64_t M, int64_t K
         for (int64_t g = 0; g < groups; g++) {
             const int64_t base = m * K + g * G, i = m * groups + g;
             for (int64_t k = 0; k < G; k++) v[k] = load_one(x, x_bf16, base + k);
-#if HAVE_VNNI512
-            if (int4_vnni_path(G, portable)) {
+#if HAVE_VNNI512 || HAVE_INT4_AVX2
+            if (int4_vector_path(G, portable)) {
                 quantize_group64(v, a->xq + base, a->sx + i, a->xsum + i, a->centre + i);
                 continue;
             }
@@ -218,13 +259,34 @@ static void quantize_activations(const void *x, int x_bf16, int64_t M, int64_t K
             quantize_group(v, G, a->xq + base, a->sx + i, a->xsum + i, a->centre + i);
         }
 #if HAVE_VNNI512
-        if (int4_vnni_path(G, portable)) pair_groups(a->xq + m * K, groups);
+        if (int4_vector_path(G, portable)) pair_groups(a->xq + m * K, groups);
 #endif
     }
 }
 
-// One output row n for M activation rows; any even group size up to 64.
-static void int4_row_portable(int64_t n, int64_t M, const Weight *w, const Activations *a, void *out, int out_bf16) {
+#if HAVE_NEON
+// One group of 64 of a row against one activation row, exactly (products of at most 15 x 127
+// in int16, pairs summed into int32).
+static inline int32_t int4_group_dot_neon(const uint8_t *w, const int8_t *x) {
+    const uint8x16_t low4 = vdupq_n_u8(15);
+    int32x4_t acc = vdupq_n_s32(0);
+    for (int q = 0; q < 2; q++) {
+        const uint8x16_t bytes = vld1q_u8(w + 16 * q);
+        const int8x16_t low = vreinterpretq_s8_u8(vandq_u8(bytes, low4)), high = vreinterpretq_s8_u8(vshrq_n_u8(bytes, 4));
+        const int8x16_t x_low = vld1q_s8(x + 16 * q), x_high = vld1q_s8(x + 32 + 16 * q);
+        acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(low), vget_low_s8(x_low)));
+        acc = vpadalq_s16(acc, vmull_high_s8(low, x_low));
+        acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(high), vget_low_s8(x_high)));
+        acc = vpadalq_s16(acc, vmull_high_s8(high, x_high));
+    }
+    return vaddvq_s32(acc);
+}
+#endif
+
+// One output row n for M activation rows; any even group size up to 64. `neon`: groups of 64
+// through NEON's products (the activations in natural order, as here).
+static void int4_row(int64_t n, int64_t M, const Weight *w, const Activations *a, void *out, int out_bf16, int neon) {
+    (void)neon;  // used on AArch64 only
     const int64_t K = w->K, G = w->group, groups = K / G, half = G / 2;
     const uint8_t *row = w->data + n * (K / 2);
     const uint16_t *sz = (const uint16_t *)w->side + n * groups * 2;
@@ -234,7 +296,12 @@ static void int4_row_portable(int64_t n, int64_t M, const Weight *w, const Activ
             const uint8_t *wg = row + g * half;
             const int8_t *xg = a->xq + m * K + g * G;
             int32_t dot = 0;
-            for (int64_t j = 0; j < half; j++) dot += (wg[j] & 15) * xg[j] + (wg[j] >> 4) * xg[j + half];
+#if HAVE_NEON
+            if (neon) {
+                dot = int4_group_dot_neon(wg, xg);
+            } else
+#endif
+                for (int64_t j = 0; j < half; j++) dot += (wg[j] & 15) * xg[j] + (wg[j] >> 4) * xg[j + half];
             const float scale = bf16_to_float(sz[2 * g]), zero = bf16_to_float(sz[2 * g + 1]);
             const int64_t i = m * groups + g;
             acc += scale * (a->sx[i] * (float)dot - a->centre[i]) + zero * a->xsum[i];
@@ -260,11 +327,6 @@ static inline void load_scales(const uint16_t *sz, int count, __m512 *scale, __m
     *scale = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
     *zero = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32((int)0xffff0000u)));
 }
-
-// Streaming from memory, the hardware prefetcher alone left lm_head's product at ~15 GB/s;
-// asking for the row this far ahead (into L2) brings it to ~23 GB/s, near a plain read's 24.
-// Farther (16-64 rows) or into L1 measured no better.
-#define PREFETCH_ROWS 8
 
 // Output rows rows[0..ROWS) for activation rows m0..m0+ACTS-1 (ROWS * ACTS = 4 accumulators):
 // the weights are unpacked once per row and the activations loaded once per act. Groups go in
@@ -345,6 +407,71 @@ DEFINE_INT4_BLOCK(int4_4rows, 4, 1)  // decoding one sequence
 DEFINE_INT4_BLOCK(int4_4acts, 1, 4)  // several sequences, or the tail rows of one
 #endif
 
+#if HAVE_INT4_AVX2
+// One group of 64 of a row against one activation row: eight int32 partial sums. Byte j of the
+// group's 32 packed bytes holds input j (low nibble) and input j + 32 (high), so the activations
+// are read in their natural order. vpmaddubsw's pair sums (at most 2 x 15 x 127) cannot saturate.
+static inline __m256i int4_group_dot(const uint8_t *w, const int8_t *x) {
+    const __m256i bytes = _mm256_loadu_si256((const __m256i *)w), low4 = _mm256_set1_epi8(15);
+    const __m256i low = _mm256_and_si256(bytes, low4), high = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(low, _mm256_loadu_si256((const __m256i *)x)),
+                                           _mm256_maddubs_epi16(high, _mm256_loadu_si256((const __m256i *)(x + 32))));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+// Eight vectors of int32 partial sums -> the vector of their eight totals.
+static inline __m256i int4_totals(const __m256i d[8]) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(d[0], d[1]), _mm256_hadd_epi32(d[2], d[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(d[4], d[5]), _mm256_hadd_epi32(d[6], d[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+// As DEFINE_INT4_BLOCK, on AVX2: groups go in chunks of 8, whose exact integer dot products
+// become one 8-lane vector scaled by one multiply-add.
+#define DEFINE_INT4_BLOCK(NAME, ROWS, ACTS)                                                            \
+    static void NAME(const Weight *w, const int64_t *rows, int64_t m0, const Activations *a,            \
+                     float result[ROWS][ACTS]) {                                                       \
+        const int64_t K = w->K, groups = K / 64;                                                       \
+        const uint16_t *scales = (const uint16_t *)w->side;                                            \
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);                                \
+        const __m256i top = _mm256_set1_epi32((int)0xffff0000u);                                       \
+        __m256 acc[ROWS][ACTS];                                                                        \
+        for (int r = 0; r < ROWS; r++)                                                                 \
+            for (int s = 0; s < ACTS; s++) acc[r][s] = _mm256_setzero_ps();                            \
+        for (int64_t g0 = 0; g0 < groups; g0 += 8) {                                                   \
+            const int count = groups - g0 < 8 ? (int)(groups - g0) : 8;                                \
+            const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane);                  \
+            for (int r = 0; r < ROWS; r++) {                                                           \
+                const uint8_t *w_row = w->data + rows[r] * (K / 2) + g0 * 32;                          \
+                _mm_prefetch((const char *)(w_row + PREFETCH_ROWS * (K / 2)), _MM_HINT_T1);            \
+                _mm_prefetch((const char *)(w_row + PREFETCH_ROWS * (K / 2) + 128), _MM_HINT_T1);      \
+                const __m256i pairs = _mm256_maskload_epi32((const int *)(scales + (rows[r] * groups + g0) * 2), valid); \
+                const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));                \
+                const __m256 zero = _mm256_castsi256_ps(_mm256_and_si256(pairs, top));                 \
+                for (int s = 0; s < ACTS; s++) {                                                       \
+                    const int64_t i = (m0 + s) * groups + g0;                                          \
+                    const int8_t *xs = a->xq + (m0 + s) * K + g0 * 64;                                 \
+                    __m256i dots[8];                                                                   \
+                    for (int j = 0; j < 8; j++)                                                        \
+                        dots[j] = j < count ? int4_group_dot(w_row + j * 32, xs + j * 64) : _mm256_setzero_si256(); \
+                    const __m256 sx = _mm256_maskload_ps(a->sx + i, valid);                            \
+                    const __m256 xsum = _mm256_maskload_ps(a->xsum + i, valid);                        \
+                    const __m256 centre = _mm256_maskload_ps(a->centre + i, valid);                    \
+                    const __m256 dot = _mm256_cvtepi32_ps(int4_totals(dots));                          \
+                    acc[r][s] = _mm256_fmadd_ps(dot, _mm256_mul_ps(scale, sx), acc[r][s]);             \
+                    acc[r][s] = _mm256_fmadd_ps(zero, xsum, acc[r][s]);                                \
+                    acc[r][s] = _mm256_fnmadd_ps(scale, centre, acc[r][s]);                            \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int r = 0; r < ROWS; r++)                                                                 \
+            for (int s = 0; s < ACTS; s++) result[r][s] = sum_m256(acc[r][s]);                         \
+    }
+
+DEFINE_INT4_BLOCK(int4_4rows, 4, 1)  // decoding one sequence
+DEFINE_INT4_BLOCK(int4_4acts, 1, 4)  // several sequences, or the tail rows of one
+#endif
+
 // ---- bf16c --------------------------------------------------------------------------------
 
 // Where input i of a 64-input chunk sits in the decoded order (see the layout above).
@@ -414,6 +541,130 @@ DEFINE_CODED_BLOCK(coded_1row, 1, 1)
 DEFINE_CODED_BLOCK(coded_4rows_4acts, 4, 4)  // several sequences
 DEFINE_CODED_BLOCK(coded_1row_4acts, 1, 4)
 #endif
+
+// ---- bf16c with float32 activations ----------------------------------------------------------
+//
+// Without AVX512-BF16, or where the activations are float32 (a float32 model: its weights are
+// the checkpoint's bfloat16 exactly), the weights are widened instead: a bfloat16 is the top half
+// of the float32 of the same value, so a 32-bit lane holding a pair of bf16 gives its high one by
+// masking off the low half and its low one by shifting it up, and each pair of products is two
+// float32 multiply-adds, exact products summed in float32. Subnormals are kept (vdpbf16ps
+// flushes them). The 64 weights of a chunk come out of decode_wide as eight vectors of 8 in the
+// order widened_position gives, and the activations are laid out once per call in that order.
+//
+// AVX2's byte interleave works within 128-bit halves: the low bytes of inputs 0-31 with their
+// high bytes give the words of inputs 0-7 and 16-23 (unpacklo), 8-15 and 24-31 (unpackhi).
+static inline int64_t widened_position(int64_t i) {
+    if (HAVE_NEON) return i;  // NEON's zip interleaves whole registers: the natural order
+    const int64_t half = i / 32, lane = i % 32 / 16, t = i % 16;
+    const int64_t words = 2 * half + (t >= 8), element = 8 * lane + t % 8;  // which vector of 16 words, where
+    return (2 * words + element % 2) * 8 + element / 2;
+}
+
+#if HAVE_AVX2
+static inline void decode_wide(const uint8_t *chunk, __m256i table, __m256 out[8]) {
+    const __m256i low4 = _mm256_set1_epi8(15), nibbles = _mm256_loadu_si256((const __m256i *)(chunk + 64));
+    const __m256i high_a = _mm256_shuffle_epi8(table, _mm256_and_si256(nibbles, low4));
+    const __m256i high_b = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(nibbles, 4), low4));
+    const __m256i low_a = _mm256_loadu_si256((const __m256i *)chunk);
+    const __m256i low_b = _mm256_loadu_si256((const __m256i *)(chunk + 32));
+    const __m256i words[4] = {_mm256_unpacklo_epi8(low_a, high_a), _mm256_unpackhi_epi8(low_a, high_a),
+                              _mm256_unpacklo_epi8(low_b, high_b), _mm256_unpackhi_epi8(low_b, high_b)};
+    const __m256i top = _mm256_set1_epi32((int)0xffff0000u);
+    for (int v = 0; v < 4; v++) {
+        out[2 * v] = _mm256_castsi256_ps(_mm256_slli_epi32(words[v], 16));
+        out[2 * v + 1] = _mm256_castsi256_ps(_mm256_and_si256(words[v], top));
+    }
+}
+
+// Output rows rows[0..ROWS) for the activation rows m0..m0+ACTS-1 (widened layout), exceptions
+// not included.
+#define DEFINE_WIDE_BLOCK(NAME, ROWS, ACTS)                                                            \
+    static void NAME(const Weight *w, const int64_t *rows, int64_t m0, const float *widened,            \
+                     float result[ROWS][ACTS]) {                                                       \
+        const int64_t chunks = coded_chunks(w->K), stride = 96 * chunks, width = 64 * chunks;          \
+        const uint8_t *tables = (const uint8_t *)w->side;                                              \
+        const uint8_t *codes[ROWS];                                                                    \
+        __m256i table[ROWS];                                                                           \
+        __m256 acc[ROWS][ACTS];                                                                        \
+        for (int r = 0; r < ROWS; r++) {                                                               \
+            codes[r] = w->data + rows[r] * stride;                                                     \
+            table[r] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tables + rows[r] * 16))); \
+            for (int s = 0; s < ACTS; s++) acc[r][s] = _mm256_setzero_ps();                            \
+        }                                                                                              \
+        for (int64_t c = 0; c < chunks; c++) {                                                         \
+            for (int r = 0; r < ROWS; r++) {                                                           \
+                __m256 weights[8];                                                                     \
+                decode_wide(codes[r] + 96 * c, table[r], weights);                                     \
+                for (int s = 0; s < ACTS; s++) {                                                       \
+                    const float *x = widened + (m0 + s) * width + 64 * c;                              \
+                    for (int v = 0; v < 8; v++) acc[r][s] = _mm256_fmadd_ps(weights[v], _mm256_loadu_ps(x + 8 * v), acc[r][s]); \
+                }                                                                                      \
+            }                                                                                          \
+        }                                                                                              \
+        for (int r = 0; r < ROWS; r++)                                                                 \
+            for (int s = 0; s < ACTS; s++) result[r][s] = sum_m256(acc[r][s]);                         \
+    }
+
+DEFINE_WIDE_BLOCK(wide_4rows, 4, 1)  // decoding one sequence
+DEFINE_WIDE_BLOCK(wide_1row, 1, 1)
+DEFINE_WIDE_BLOCK(wide_1row_4acts, 1, 4)  // several sequences
+#endif
+
+#if HAVE_NEON
+// 64 coded weights -> 16 vectors of 4 float32, in the natural order.
+static inline void decode_wide_neon(const uint8_t *chunk, uint8x16_t table, float32x4_t out[16]) {
+    for (int half = 0; half < 2; half++) {  // inputs 0-31 (low nibbles), then 32-63 (high nibbles)
+        for (int q = 0; q < 2; q++) {       // 16 inputs
+            const uint8x16_t nibbles = vld1q_u8(chunk + 64 + 16 * q);
+            const uint8x16_t index = half ? vshrq_n_u8(nibbles, 4) : vandq_u8(nibbles, vdupq_n_u8(15));
+            const uint8x16_t high = vqtbl1q_u8(table, index), low = vld1q_u8(chunk + 32 * half + 16 * q);
+            const uint16x8_t first = vreinterpretq_u16_u8(vzip1q_u8(low, high));
+            const uint16x8_t second = vreinterpretq_u16_u8(vzip2q_u8(low, high));
+            float32x4_t *o = out + 8 * half + 4 * q;
+            o[0] = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(first), 16));
+            o[1] = vreinterpretq_f32_u32(vshll_high_n_u16(first, 16));
+            o[2] = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(second), 16));
+            o[3] = vreinterpretq_f32_u32(vshll_high_n_u16(second, 16));
+        }
+    }
+}
+
+// Output row n for up to 4 activation rows m0.. (widened layout), exceptions not included.
+static void wide_row_neon(const Weight *w, int64_t n, int64_t m0, int64_t acts, const float *widened, float *result) {
+    const int64_t chunks = coded_chunks(w->K), width = 64 * chunks;
+    const uint8_t *codes = w->data + n * 96 * chunks;
+    const uint8x16_t table = vld1q_u8((const uint8_t *)w->side + n * 16);
+    float32x4_t acc[4] = {vdupq_n_f32(0.f), vdupq_n_f32(0.f), vdupq_n_f32(0.f), vdupq_n_f32(0.f)};
+    for (int64_t c = 0; c < chunks; c++) {
+        float32x4_t weights[16];
+        decode_wide_neon(codes + 96 * c, table, weights);
+        for (int64_t s = 0; s < acts; s++) {
+            const float *x = widened + (m0 + s) * width + 64 * c;
+            for (int v = 0; v < 16; v++) acc[s] = vfmaq_f32(acc[s], weights[v], vld1q_f32(x + 4 * v));
+        }
+    }
+    for (int64_t s = 0; s < acts; s++) result[s] = vaddvq_f32(acc[s]);
+}
+
+#endif
+
+// Row n of a coded weight times one activation row (natural order), exceptions not included:
+// plain C, for builds without vectors. Sixteen partial sums, as the vector paths keep lanes: one
+// running sum over thousands of inputs carries several times their rounding error.
+static float coded_row_portable(const Weight *w, int64_t n, const float *x) {
+    const uint8_t *codes = w->data + n * 96 * coded_chunks(w->K), *table = (const uint8_t *)w->side + n * 16;
+    float partial[16] = {0.f};
+    for (int64_t k = 0; k < w->K; k++) {
+        const uint8_t *chunk = codes + 96 * (k / 64);
+        const int64_t i = k % 64;
+        const int index = i < 32 ? chunk[64 + i] & 15 : chunk[64 + i - 32] >> 4;
+        partial[k % 16] = fmaf(bf16_to_float((uint16_t)(table[index] << 8 | chunk[i])), x[k], partial[k % 16]);
+    }
+    for (int width = 8; width > 0; width /= 2)
+        for (int j = 0; j < width; j++) partial[j] += partial[j + width];
+    return partial[0];
+}
 
 // ---- bf16c on AMX ---------------------------------------------------------------------------
 //
@@ -509,21 +760,26 @@ static uint16_t *activation_tiles(const uint16_t *ordered, int64_t M, int64_t ch
 typedef struct {
     int64_t M, K;
     int64_t format, group;
-    int portable;           // int4: the plain C loops
+    int portable;           // the plain C loops
     Activations q;          // int4: quantized
-    uint16_t *ordered;      // bf16c: (M rounded up to 4, 64 * chunks) bf16 in the decoded order, zero padded
-    float *natural;         // bf16c: (M, K) the same values as float32, for the exceptions
+    float *natural;         // bf16c: (M, K) the activations as float32 (the exceptions, the portable loops)
+    // bf16c, one of (else the portable loops):
+    uint16_t *ordered;      // AVX512-BF16: (M rounded up to 4, 64 * chunks) bf16 in the decoded order, zero padded
+    float *widened;         // AVX2: (M rounded up to 4, 64 * chunks) float32 in the widened order, zero padded
     uint16_t *tiles;        // bf16c on AMX (M >= AMX_MIN_ROWS): ordered as tiles (activation_tiles), else NULL
 } Input;
 
 static void discard(Input *in) {
     release_activations(&in->q);
-    free(in->ordered), free(in->natural), free(in->tiles);
+    free(in->ordered), free(in->widened), free(in->natural), free(in->tiles);
 }
 
 
-// Returns 0, or -1 without memory (in is then safe to discard).
-static int prepare(Input *in, const void *x, int x_bf16, int64_t M, const Weight *w, int portable) {
+// x (M, K), bf16 or float32, laid out for weight w. `bf16_model`: the model computes in bfloat16,
+// so float32 activations are rounded to it first (as torch would hold them) and coded products
+// take AVX512-BF16's dot product where there is one. Returns 0, or -1 without memory (in is then
+// safe to discard).
+static int prepare(Input *in, const void *x, int x_bf16, int64_t M, const Weight *w, int portable, int bf16_model) {
     memset(in, 0, sizeof *in);
     in->M = M, in->K = w->K, in->format = w->format, in->group = w->group, in->portable = portable;
     if (w->format == FORMAT_INT4) {
@@ -532,18 +788,25 @@ static int prepare(Input *in, const void *x, int x_bf16, int64_t M, const Weight
         return 0;
     }
     const int64_t K = w->K, width = 64 * coded_chunks(K), padded = (M + 3) / 4 * 4;
-    in->ordered = calloc((size_t)(padded * width), sizeof(uint16_t));
+    const int round = x_bf16 || bf16_model;
     in->natural = malloc(sizeof(float) * (size_t)(M * K));
-    if (!in->ordered || !in->natural) return -1;
+    if (!portable && round && HAVE_BF16C)
+        in->ordered = calloc((size_t)(padded * width), sizeof(uint16_t));
+    else if (!portable && HAVE_WIDE_VECTORS)
+        in->widened = calloc((size_t)(padded * width), sizeof(float));
+    if (!in->natural || (!portable && (HAVE_BF16C || HAVE_WIDE_VECTORS) && !in->ordered && !in->widened)) return -1;
     for (int64_t m = 0; m < M; m++) {
         for (int64_t k = 0; k < K; k++) {
-            const uint16_t bits = x_bf16 ? ((const uint16_t *)x)[m * K + k] : float_to_bf16(((const float *)x)[m * K + k]);
-            in->natural[m * K + k] = bf16_to_float(bits);
-            in->ordered[m * width + k / 64 * 64 + decoded_position(k % 64)] = bits;
+            const float value = x_bf16 ? bf16_to_float(((const uint16_t *)x)[m * K + k])
+                                : round ? bf16_to_float(float_to_bf16(((const float *)x)[m * K + k]))
+                                        : ((const float *)x)[m * K + k];
+            in->natural[m * K + k] = value;
+            if (in->ordered) in->ordered[m * width + k / 64 * 64 + decoded_position(k % 64)] = float_to_bf16(value);
+            if (in->widened) in->widened[m * width + k / 64 * 64 + widened_position(k % 64)] = value;
         }
     }
 #if HAVE_AMX
-    if (M >= AMX_MIN_ROWS && amx_ready() && !(in->tiles = activation_tiles(in->ordered, M, coded_chunks(K)))) return -1;
+    if (in->ordered && M >= AMX_MIN_ROWS && amx_ready() && !(in->tiles = activation_tiles(in->ordered, M, coded_chunks(K)))) return -1;
 #endif
     return 0;
 }
@@ -564,11 +827,12 @@ static void int4_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
     const Weight *w = p->w;
     const Input *in = p->in;
     const int64_t M = in->M;
-    if (!int4_vnni_path(w->group, in->portable)) {
-        for (int64_t n = a; n < b; n++) int4_row_portable(n, M, w, &in->q, p->out, out_bf16);
+    const int vectors = int4_vector_path(w->group, in->portable);
+    if (!vectors || HAVE_NEON) {
+        for (int64_t n = a; n < b; n++) int4_row(n, M, w, &in->q, p->out, out_bf16, vectors && HAVE_NEON);
         return;
     }
-#if HAVE_VNNI512
+#if HAVE_VNNI512 || HAVE_INT4_AVX2
     const int64_t N = w->N;
     if (M == 1) {
         const int64_t per = (b - a) / 4;
@@ -620,7 +884,7 @@ static int64_t coded_amx_range(const Product *p, int64_t a, int64_t b, int out_b
 #endif
 
 #if HAVE_BF16C
-static void coded_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
+static void coded_bf16_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
     const Weight *w = p->w;
     const Input *in = p->in;
     const int64_t M = in->M, N = w->N, K = w->K;
@@ -666,15 +930,78 @@ static void coded_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
 }
 #endif
 
-// Output rows [a, b) of a product.
-static void product_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
-    if (p->w->format == FORMAT_INT4) {
-        int4_range(p, a, b, out_bf16);
+#if HAVE_AVX2
+static void coded_wide_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
+    const Weight *w = p->w;
+    const Input *in = p->in;
+    const int64_t M = in->M, N = w->N, K = w->K;
+    if (M == 1) {
+        const int64_t per = (b - a) / 4;
+        for (int64_t i = 0; i < per; i++) {
+            const int64_t rows[4] = {a + i, a + per + i, a + 2 * per + i, a + 3 * per + i};
+            float result[4][1];
+            wide_4rows(w, rows, 0, in->widened, result);
+            for (int r = 0; r < 4; r++) store(p->out, out_bf16, rows[r], result[r][0] + exception_sum(w, rows[r], in->natural));
+        }
+        for (int64_t n = a + 4 * per; n < b; n++) {
+            float result[1][1];
+            wide_1row(w, &n, 0, in->widened, result);
+            store(p->out, out_bf16, n, result[0][0] + exception_sum(w, n, in->natural));
+        }
         return;
     }
-#if HAVE_BF16C
-    coded_range(p, a, b, out_bf16);
+    for (int64_t n = a; n < b; n++) {
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            float result[1][4];
+            wide_1row_4acts(w, &n, m0, in->widened, result);
+            for (int64_t s = 0; s < 4 && m0 + s < M; s++)
+                store(p->out, out_bf16, (m0 + s) * N + n, result[0][s] + exception_sum(w, n, in->natural + (m0 + s) * K));
+        }
+    }
+}
+#elif HAVE_NEON
+static void coded_wide_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
+    const Weight *w = p->w;
+    const Input *in = p->in;
+    for (int64_t n = a; n < b; n++)
+        for (int64_t m0 = 0; m0 < in->M; m0 += 4) {
+            const int64_t acts = in->M - m0 < 4 ? in->M - m0 : 4;
+            float result[4];
+            wide_row_neon(w, n, m0, acts, in->widened, result);
+            for (int64_t s = 0; s < acts; s++)
+                store(p->out, out_bf16, (m0 + s) * w->N + n, result[s] + exception_sum(w, n, in->natural + (m0 + s) * w->K));
+        }
+}
 #endif
+
+static void coded_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
+    const Weight *w = p->w;
+    const Input *in = p->in;
+#if HAVE_BF16C
+    if (in->ordered) {
+        coded_bf16_range(p, a, b, out_bf16);
+        return;
+    }
+#endif
+#if HAVE_WIDE_VECTORS
+    if (in->widened) {
+        coded_wide_range(p, a, b, out_bf16);
+        return;
+    }
+#endif
+    for (int64_t n = a; n < b; n++)
+        for (int64_t m = 0; m < in->M; m++) {
+            const float *x = in->natural + m * w->K;
+            store(p->out, out_bf16, m * w->N + n, coded_row_portable(w, n, x) + exception_sum(w, n, x));
+        }
+}
+
+// Output rows [a, b) of a product.
+static void product_range(const Product *p, int64_t a, int64_t b, int out_bf16) {
+    if (p->w->format == FORMAT_INT4)
+        int4_range(p, a, b, out_bf16);
+    else
+        coded_range(p, a, b, out_bf16);
 }
 
 // Every output row of several products in one parallel region. Threads take equal shares of
@@ -706,21 +1033,21 @@ static int run_products(const Product *products, int count, int out_bf16, int th
 }
 
 // Whether the product can take this weight: int4 with an even group size up to 64 that
-// divides K (portable loops for groups other than 64), bf16c where the CPU has AVX512-BF16.
+// divides K (portable loops for groups other than 64), bf16c up to 65,535 inputs.
 static int weight_ok(const Weight *w) {
     if (w->N <= 0 || w->K <= 0) return 0;
     if (w->format == FORMAT_INT4) return w->group > 0 && w->group <= 64 && w->group % 2 == 0 && w->K % w->group == 0;
-    return w->format == FORMAT_BF16C && HAVE_BF16C && w->K <= 65535;
+    return w->format == FORMAT_BF16C && w->K <= 65535;
 }
 
-// out (M, N) = x (M, K) @ W.T, x and out each bf16 or float32. `portable` makes int4 use the
+// out (M, N) = x (M, K) @ W.T, x and out each bf16 or float32. `portable` makes both formats use the
 // plain C loops (for tests). Returns 0, or -1 for a weight the product cannot take or without
 // scratch memory.
 int kernel_linear(const void *x, int x_bf16, int64_t M, const Weight *w, void *out, int out_bf16, int threads,
                   int portable) {
     if (M <= 0 || !weight_ok(w)) return -1;
     Input in;
-    int status = prepare(&in, x, x_bf16, M, w, portable);
+    int status = prepare(&in, x, x_bf16, M, w, portable, x_bf16);
     if (!status) {
         const Product product = {w, &in, out};
         status = run_products(&product, 1, out_bf16, threads);
@@ -749,7 +1076,7 @@ int kernel_linear_many(const int64_t *table, int count, int x_bf16, int out_bf16
             products[p].in = products[p - 1].in;
             continue;
         }
-        status = prepare(&inputs[p], (const void *)t[0], x_bf16, 1, w, 0);
+        status = prepare(&inputs[p], (const void *)t[0], x_bf16, 1, w, 0, x_bf16);
     }
     if (!status) status = run_products(products, count, out_bf16, threads);
     for (int p = 0; inputs && p < count; p++) discard(&inputs[p]);  // shared ones were never prepared
@@ -759,11 +1086,8 @@ int kernel_linear_many(const int64_t *table, int count, int x_bf16, int out_bf16
 
 // ---- whole decoding steps -----------------------------------------------------------------
 
-#if HAVE_AVX512
-// Whether a whole decoding step can take this weight (the vector paths only).
-static int fused_ok(const Weight *w) {
-    return weight_ok(w) && (w->format == FORMAT_BF16C || (HAVE_VNNI512 && w->group == 64));
-}
+// Whether a whole decoding step can take this weight: any the product takes.
+static int fused_ok(const Weight *w) { return weight_ok(w); }
 
 // RMSNorm of one row into float32, rounded as the torch module rounds in x's dtype:
 // weight * dtype(x * rsqrt(mean(x^2) + eps)), the inner product in float32. Without a weight,
@@ -785,26 +1109,6 @@ static void rms_norm(const void *x, int bf16, int64_t H, const void *weight, flo
     }
 }
 
-// e^x for float32 lanes: 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by its degree-7
-// Taylor polynomial (relative error < 1e-8, below float32's rounding).
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
-    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504f));
-    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147181f));  // 2^(t-n) = e^f
-    static const float taylor[] = {1.f / 5040, 1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 1.f / 2, 1.f, 1.f};
-    __m512 p = _mm512_set1_ps(taylor[0]);
-    for (int k = 1; k < 8; k++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(taylor[k]));
-    return _mm512_scalef_ps(p, n);
-}
-
-static inline __m512 load16(const void *base, int64_t offset, int bf16) {
-    if (bf16)
-        return _mm512_castsi512_ps(
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + offset))), 16));
-    return _mm512_loadu_ps((const float *)base + offset);
-}
-
 // Rows of the MLP block's input going through one SwiGLU MLP (an expert), with their weights.
 typedef struct {
     const Weight *gate, *up, *down;
@@ -818,7 +1122,7 @@ typedef struct {
 // product); the hidden activations stay float32 until they are laid out for the down products.
 // Applications over all M rows in order share one layout of x.
 static int apply_mlps(const float *normed, int64_t M, int64_t H, const Application *apps, int count, float *mixed,
-                      int threads) {
+                      int bf16, int threads) {
     int64_t width = 0, gathered = 0;
     for (int a = 0; a < count; a++) width += apps[a].rows * apps[a].gate->N, gathered += apps[a].rows * H;
     Input *inputs = calloc((size_t)count, sizeof(Input)), *hidden = calloc((size_t)count, sizeof(Input));
@@ -843,7 +1147,7 @@ static int apply_mlps(const float *normed, int64_t M, int64_t H, const Applicati
                 memcpy(rows + gathered_at + r * H, normed + apps[a].row[r] * H, sizeof(float) * (size_t)H);
             x = rows + gathered_at;
         }
-        status = prepare(&inputs[a], x, 0, apps[a].rows, apps[a].gate, 0);
+        status = prepare(&inputs[a], x, 0, apps[a].rows, apps[a].gate, 0, bf16);
         input_of[a] = &inputs[a];
         if (in_order && !all_rows) all_rows = &inputs[a];
     }
@@ -855,14 +1159,14 @@ static int apply_mlps(const float *normed, int64_t M, int64_t H, const Applicati
         status = run_products(products, 2 * count, 0, threads);
     }
     if (!status) {
-        for (int64_t i = 0; i < width; i += 16) {  // silu(gate) * up, into the gate half
-            const __mmask16 valid = width - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (width - i)) - 1u);
-            const __m512 g = _mm512_maskz_loadu_ps(valid, gate_up + i), u = _mm512_maskz_loadu_ps(valid, gate_up + width + i);
-            const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-            _mm512_mask_storeu_ps(gate_up + i, valid, _mm512_mul_ps(silu, u));
+        int64_t i = 0;  // silu(gate) * up, into the gate half
+        for (; i + VL <= width; i += VL) {
+            const vf g = vf_load(gate_up + i), u = vf_load(gate_up + width + i);
+            vf_store(gate_up + i, vf_mul(vf_div(g, vf_add(vf_set1(1.f), vf_exp(vf_sub(vf_set1(0.f), g)))), u));
         }
+        for (; i < width; i++) gate_up[i] = gate_up[i] / (1.f + exp_one(-gate_up[i])) * gate_up[width + i];
         for (int64_t a = 0, offset = 0, out = 0; a < count && !status; a++) {
-            status = prepare(&hidden[a], gate_up + offset, 0, apps[a].rows, apps[a].down, 0);
+            status = prepare(&hidden[a], gate_up + offset, 0, apps[a].rows, apps[a].down, 0, bf16);
             products[a] = (Product){apps[a].down, &hidden[a], down + out};
             offset += apps[a].rows * apps[a].gate->N, out += apps[a].rows * H;
         }
@@ -895,7 +1199,6 @@ static int mlp_ok(const Weight *const *mlp, int64_t H, const Weight *first) {
            mlp[0]->N == mlp[1]->N && mlp[2]->K == mlp[0]->N && mlp[2]->N == H && mlp[0]->format == first->format &&
            mlp[1]->format == first->format && mlp[0]->group == first->group && mlp[1]->group == first->group;
 }
-#endif
 
 // The MLP half of a decoder layer for M <= 16 tokens (one per sequence), in place on their
 // hidden states (M, H) in `bf16`'s dtype:
@@ -911,7 +1214,6 @@ static int mlp_ok(const Weight *const *mlp, int64_t H, const Weight *first) {
 int kernel_mlp_step(void *hidden, int bf16, int64_t M, int64_t H, const void *norm_weight, float eps,
                     const float *router, int64_t experts, int64_t top_k, int normalize, float scaling,
                     const Weight *routed, const Weight *shared, int threads) {
-#if HAVE_AVX512
     if (M <= 0 || M > 16 || experts > 64 || top_k > 16 || top_k > experts || (experts > 0 && top_k <= 0) ||
         (experts == 0 && !shared))
         return -1;
@@ -936,12 +1238,7 @@ int kernel_mlp_step(void *hidden, int bf16, int64_t M, int64_t H, const void *no
         int64_t chosen_id[16];
         rms_norm((const char *)hidden + element * (size_t)(m * H), bf16, H, norm_weight, eps, n);
         for (int64_t e = 0; e < experts; e++) {
-            __m512 dot = _mm512_setzero_ps();
-            for (int64_t h = 0; h < H; h += 16) {
-                const __mmask16 valid = H - h >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (H - h)) - 1u);
-                dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(valid, router + e * H + h), _mm512_maskz_loadu_ps(valid, n + h), dot);
-            }
-            probability[e] = _mm512_reduce_add_ps(dot);
+            probability[e] = dot_floats(router + e * H, n, H);
             top = fmaxf(top, probability[e]);
         }
         for (int64_t e = 0; e < experts; e++) total += probability[e] = expf(probability[e] - top);
@@ -971,53 +1268,46 @@ int kernel_mlp_step(void *hidden, int bf16, int64_t M, int64_t H, const void *no
     }
     if (!status) {
         memset(mixed, 0, sizeof(float) * (size_t)(M * H));
-        status = apply_mlps(normed, M, H, apps, count, mixed, threads);
+        status = apply_mlps(normed, M, H, apps, count, mixed, bf16, threads);
     }
     for (int64_t m = 0; m < M && !status; m++) add_residual((char *)hidden + element * (size_t)(m * H), bf16, mixed + m * H, H);
     free(normed), free(apps), free(app_of);
     return status;
-#else
-    (void)hidden, (void)bf16, (void)M, (void)H, (void)norm_weight, (void)eps, (void)router, (void)experts;
-    (void)top_k, (void)normalize, (void)scaling, (void)routed, (void)shared, (void)threads;
-    return -1;
-#endif
 }
 
-#if HAVE_AVX512
 // softmax(q K^T) V per row and head over `length` cached positions (q scaled already), float32
 // out (M, heads * head_dim). The caches are (M, heads, capacity, head_dim) in `bf16`'s dtype.
 static void attend(const float *q, const void *keys, const void *values, int bf16, int64_t M, int64_t heads,
                    int64_t head_dim, int64_t capacity, int64_t length, float *scores, float *attended, int threads) {
-    const int64_t chunks = head_dim / 16;
+    const int64_t chunks = head_dim / VL;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t task = 0; task < M * heads; task++) {  // task = row * heads + head
-        __m512 query[chunks], result[chunks];
+        vf query[chunks], result[chunks];
         for (int64_t c = 0; c < chunks; c++) {
-            query[c] = _mm512_loadu_ps(q + task * head_dim + 16 * c);
-            result[c] = _mm512_setzero_ps();
+            query[c] = vf_load(q + task * head_dim + VL * c);
+            result[c] = vf_set1(0.f);
         }
         const int64_t base = task * capacity * head_dim;
         float *score = scores + task * length, top = -INFINITY, total = 0.f;
         for (int64_t t = 0; t < length; t++) {
-            __m512 dot = _mm512_setzero_ps();
-            for (int64_t c = 0; c < chunks; c++)
-                dot = _mm512_fmadd_ps(query[c], load16(keys, base + t * head_dim + 16 * c, bf16), dot);
-            score[t] = _mm512_reduce_add_ps(dot);
+            vf dot = vf_set1(0.f);
+            for (int64_t c = 0; c < chunks; c++) dot = vf_fma(query[c], vf_load_any(keys, base + t * head_dim + VL * c, bf16), dot);
+            score[t] = vf_sum(dot);
             top = fmaxf(top, score[t]);
         }
-        for (int64_t t = 0; t < length; t += 16) {
-            const __mmask16 valid = length - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (length - t)) - 1u);
-            const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, score + t), _mm512_set1_ps(top)));
-            _mm512_mask_storeu_ps(score + t, valid, e);
-            total += _mm512_mask_reduce_add_ps(valid, e);
+        int64_t t = 0;
+        for (; t + VL <= length; t += VL) {
+            const vf e = vf_exp(vf_sub(vf_load(score + t), vf_set1(top)));
+            vf_store(score + t, e);
+            total += vf_sum(e);
         }
-        for (int64_t t = 0; t < length; t++) {
-            const __m512 weight = _mm512_set1_ps(score[t]);
+        for (; t < length; t++) total += score[t] = exp_one(score[t] - top);
+        for (t = 0; t < length; t++) {
+            const vf weight = vf_set1(score[t]);
             for (int64_t c = 0; c < chunks; c++)
-                result[c] = _mm512_fmadd_ps(weight, load16(values, base + t * head_dim + 16 * c, bf16), result[c]);
+                result[c] = vf_fma(weight, vf_load_any(values, base + t * head_dim + VL * c, bf16), result[c]);
         }
-        for (int64_t c = 0; c < chunks; c++)
-            _mm512_storeu_ps(attended + task * head_dim + 16 * c, _mm512_div_ps(result[c], _mm512_set1_ps(total)));
+        for (int64_t c = 0; c < chunks; c++) vf_store(attended + task * head_dim + VL * c, vf_div(result[c], vf_set1(total)));
     }
 }
 
@@ -1050,7 +1340,6 @@ static void rotate_and_cache(float *qkv, int64_t M, int64_t width, int64_t head_
         }
     }
 }
-#endif
 
 // The attention half of a decoder layer for M <= 16 sequences of one token each (no padding),
 // in place on their hidden states (M, H) in `bf16`'s dtype:
@@ -1067,7 +1356,6 @@ static void rotate_and_cache(float *qkv, int64_t M, int64_t width, int64_t head_
 int kernel_attention_step(void *hidden, int bf16, int64_t M, int64_t H, const void *norm_weight, float eps,
                           const Weight *weights, int64_t head_dim, const void *cos, const void *sin, float scaling,
                           void *key_cache, void *value_cache, int64_t capacity, int64_t length, int threads) {
-#if HAVE_AVX512
     const Weight *wq = &weights[0], *wo = &weights[3];
     const int64_t width = wq->N, heads = head_dim > 0 ? width / head_dim : 0;
     const size_t element = bf16 ? 2 : 4;
@@ -1085,7 +1373,7 @@ int kernel_attention_step(void *hidden, int bf16, int64_t M, int64_t H, const vo
     Input input;
     memset(&input, 0, sizeof input);
     for (int64_t m = 0; m < M; m++) rms_norm((const char *)hidden + element * (size_t)(m * H), bf16, H, norm_weight, eps, normed + m * H);
-    int status = prepare(&input, normed, 0, M, wq, 0);
+    int status = prepare(&input, normed, 0, M, wq, 0, bf16);
     if (!status) {
         Product products[3];
         for (int p = 0; p < 3; p++) products[p] = (Product){&weights[p], &input, qkv + p * M * width};
@@ -1095,7 +1383,7 @@ int kernel_attention_step(void *hidden, int bf16, int64_t M, int64_t H, const vo
     if (!status) {
         rotate_and_cache(qkv, M, width, head_dim, cos, sin, bf16, scaling, key_cache, value_cache, capacity, length);
         attend(qkv, key_cache, value_cache, bf16, M, heads, head_dim, capacity, length + 1, scores, attended, threads);
-        status = prepare(&input, attended, 0, M, wo, 0);
+        status = prepare(&input, attended, 0, M, wo, 0, bf16);
     }
     if (!status) {
         const Product product = {wo, &input, projected};
@@ -1105,11 +1393,6 @@ int kernel_attention_step(void *hidden, int bf16, int64_t M, int64_t H, const vo
     for (int64_t m = 0; m < M && !status; m++) add_residual((char *)hidden + element * (size_t)(m * H), bf16, projected + m * H, H);
     free(scratch);
     return status;
-#else
-    (void)hidden, (void)bf16, (void)M, (void)H, (void)norm_weight, (void)eps, (void)weights, (void)head_dim, (void)cos;
-    (void)sin, (void)scaling, (void)key_cache, (void)value_cache, (void)capacity, (void)length, (void)threads;
-    return -1;
-#endif
 }
 
 // ---- weights back as bf16, and bf16c coding -----------------------------------------------
@@ -1151,6 +1434,20 @@ void bf16c_decode(const Weight *w, uint16_t *weight, int threads) {
                 const __m512i lo = _mm512_cvtepu8_epi16(part ? _mm512_extracti64x4_epi64(low, 1) : _mm512_castsi512_si256(low));
                 const __m512i hi = _mm512_cvtepu8_epi16(part ? _mm512_extracti64x4_epi64(high, 1) : _mm512_castsi512_si256(high));
                 _mm512_storeu_si512((void *)(row + 64 * c + 32 * part), _mm512_or_si512(lo, _mm512_slli_epi16(hi, 8)));
+            }
+        }
+#elif HAVE_AVX2
+        const __m256i lookup = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)table)), low4 = _mm256_set1_epi8(15);
+        for (; 64 * (c + 1) <= K; c++) {
+            const uint8_t *chunk = codes + 96 * c;
+            const __m256i nibbles = _mm256_loadu_si256((const __m256i *)(chunk + 64));
+            const __m256i high[2] = {_mm256_shuffle_epi8(lookup, _mm256_and_si256(nibbles, low4)),
+                                     _mm256_shuffle_epi8(lookup, _mm256_and_si256(_mm256_srli_epi16(nibbles, 4), low4))};
+            for (int part = 0; part < 2; part++) {  // inputs 0-31, then 32-63; the interleave works per 128-bit half
+                const __m256i low = _mm256_loadu_si256((const __m256i *)(chunk + 32 * part));
+                const __m256i first = _mm256_unpacklo_epi8(low, high[part]), second = _mm256_unpackhi_epi8(low, high[part]);
+                _mm256_storeu_si256((__m256i *)(row + 64 * c + 32 * part), _mm256_permute2x128_si256(first, second, 0x20));
+                _mm256_storeu_si256((__m256i *)(row + 64 * c + 32 * part + 16), _mm256_permute2x128_si256(first, second, 0x31));
             }
         }
 #endif
@@ -1238,15 +1535,23 @@ void bf16c_encode(const uint16_t *weight, int64_t N, int64_t K, const uint8_t *t
     }
 }
 
-// Bit 0: the int4 VNNI path (the fast one; else int4 runs the portable loops). Bit 1: the
-// bf16c product (AVX512-BF16). Bit 2: bf16c products of several rows on AMX.
+// Bit 0: int4 products of groups of 64 on vectors (VNNI, AVX2 or NEON; else the portable loops).
+// Bit 1: bf16c products on vectors (AVX512-BF16, AVX2 or NEON; else the portable loops). Bit 2: bf16c
+// products of several rows on AMX. Bit 3: bf16c products of a bfloat16 model on AVX512-BF16.
+// Bit 4: int4 on AVX-512 VNNI (else AVX2 or NEON where bit 0 is set).
 int kernel_features(void) {
 #if HAVE_AMX
     const int amx = amx_ready();
 #else
     const int amx = 0;
 #endif
-    return HAVE_VNNI512 | HAVE_BF16C << 1 | amx << 2;
+    return HAVE_INT4_VECTORS | (HAVE_BF16C || HAVE_WIDE_VECTORS) << 1 | amx << 2 | HAVE_BF16C << 3 | HAVE_VNNI512 << 4;
+}
+
+// The instruction sets this build was compiled for: 0 plain C, 1 NEON, 2 AVX2, 3 AVX-512 (with
+// VNNI and BF16 where bits 0 and 3 of kernel_features say so), 4 AMX.
+int kernel_variant(void) {
+    return HAVE_AMX ? 4 : HAVE_AVX512 ? 3 : HAVE_AVX2 ? 2 : HAVE_NEON ? 1 : 0;
 }
 
 // Whether bf16c products of several rows may use AMX (where there is AMX; on by default).

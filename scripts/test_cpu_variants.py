@@ -1,0 +1,61 @@
+"""Run the CPU-kernel-dependent tests once for every kernel variant below the best this CPU runs.
+
+The suite itself runs on the best variant (AMX, AVX-512, AVX2, ... as the CPU allows). Each
+lower one is then forced with ``DEEPSEEK_OCR_CPU_VARIANT``, and torch is held to the matching
+instruction sets too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``), so that one machine
+tests what an AVX2-only laptop or a CPU without AVX gets, bfloat16 refusals by oneDNN included.
+
+    python scripts/test_cpu_variants.py [extra pytest arguments]
+
+Exits with the first non-zero pytest status.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: The tests whose paths depend on the kernel variant or on torch's CPU capabilities.
+TESTS = [
+    "tests/test_int4.py",
+    "tests/test_exponent_coding.py",
+    "tests/test_kernel_steps.py",
+    "tests/test_sam_attention.py",
+    "tests/test_quantization.py",
+    "tests/test_model.py",
+    "tests/test_loading.py",
+    "tests/test_parity.py",
+]
+
+#: How torch is held to each variant's instruction sets (the variants above AVX2 need nothing).
+TORCH_LIMITS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "neon": {},
+    "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+
+
+def lower_variants() -> list[str]:
+    from deepseek_ocr import cpu_kernel
+
+    return list(cpu_kernel.supported_variants()[1:])
+
+
+def main(arguments: list[str]) -> int:
+    variants = lower_variants()
+    print(f"kernel variants below this CPU's best: {', '.join(variants) or 'none'}", flush=True)
+    for variant in variants:
+        environment = {**os.environ, "DEEPSEEK_OCR_CPU_VARIANT": variant, **TORCH_LIMITS.get(variant, {})}
+        print(f"\n=== variant {variant} ===", flush=True)
+        status = subprocess.run([sys.executable, "-m", "pytest", "-q", *TESTS, *arguments], cwd=REPO, env=environment)
+        if status.returncode:
+            return status.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
