@@ -70,7 +70,7 @@ class DeepseekOcrEngine:
         self.device = self.plan.device
         self.dtype = self.plan.dtype_name
         self.quant = self.plan.quant
-        if codes_bfloat16(self.plan.device, self.plan.dtype, self.plan.quant):
+        if codes_bfloat16(self.plan.device, self.plan.dtype, self.plan.quant, config):
             log.info("bfloat16 decoder weights exponent-coded for docconv's CPU kernel (lossless)")
         self._exempt_ids = [self.processor.special_token_id(token) for token in _REPEATABLE_TOKENS]
 

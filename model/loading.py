@@ -25,6 +25,7 @@ from torch import nn
 from .configuration import DeepseekOcrConfig
 from .decoder import DecoderLayer, MoeRouter
 from .exponent_coding import can_code, code_linears, exponent_coded_bytes
+from .kernel_linear import KernelLinear
 from .modeling import DeepseekOcrForConditionalGeneration
 from .quantization import int4_group_size, quantize_linears_int4
 
@@ -143,7 +144,7 @@ def memory_needed(config: DeepseekOcrConfig, device: str, dtype: torch.dtype, qu
     """Bytes to hold the weights as loading will store them, plus the runtime's headroom."""
     model = _meta_model(config)
     weights = _weight_bytes(model, dtype, quant, coded=False)
-    if not codes_bfloat16(device, dtype, quant):
+    if not codes_bfloat16(device, dtype, quant, config):
         return int(weights * _RUNTIME_HEADROOM)
     # Activations and caches do not shrink with the coding: the headroom stays the uncoded one's.
     return int(_weight_bytes(model, dtype, quant, coded=True) + weights * (_RUNTIME_HEADROOM - 1))
@@ -169,9 +170,20 @@ def _weight_bytes(model: nn.Module, dtype: torch.dtype, quant: str, coded: bool)
     return int((total - quantized) * element + quantized * per_quantized)
 
 
-def codes_bfloat16(device: str, dtype: torch.dtype, quant: str) -> bool:
-    """Whether loading exponent-codes the bfloat16 weights (unquantized, on a CPU with AVX512-BF16)."""
-    return device == "cpu" and quant == "none" and dtype == torch.bfloat16 and can_code()
+def codes_bfloat16(device: str, dtype: torch.dtype, quant: str, config: DeepseekOcrConfig | None = None) -> bool:
+    """Whether loading exponent-codes the decoder's weights: unquantized, on a CPU whose kernel
+    has a coded product, for a bfloat16 model, or for a float32 one whose checkpoint stores
+    bfloat16 (the coded weights are the checkpoint's exactly; the product widens them to float32,
+    so nothing is rounded that a float32 load would not round)."""
+    if device != "cpu" or quant != "none" or not can_code():
+        return False
+    return dtype == torch.bfloat16 or (dtype == torch.float32 and config is not None and stores_bfloat16(config))
+
+
+def stores_bfloat16(config: DeepseekOcrConfig) -> bool:
+    """Whether the checkpoint's weights are bfloat16 (its config's ``torch_dtype``)."""
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(stored).removeprefix("torch.") == "bfloat16"
 
 
 def codable_linears(model: nn.Module) -> list[str]:
@@ -335,10 +347,15 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
     check_tensors(directory, config)
     check_memory(config, plan)
     quantization = quantization_config(plan, config)
+    coded = codes_bfloat16(plan.device, plan.dtype, plan.quant, config)
+    # A float32 model whose decoder is coded or int4 is loaded as the checkpoint's bfloat16 (mapped,
+    # no copy), its decoder converted from the file, and only the rest widened to float32: a
+    # full float32 copy of the model would need twice the memory it ends up in.
+    widen_later = plan.dtype == torch.float32 and stores_bfloat16(config) and (coded or plan.quant == "int4")
     model = DeepseekOcrForConditionalGeneration.from_pretrained(
         directory,
         config=config,
-        dtype=plan.dtype,
+        dtype=torch.bfloat16 if widen_later else plan.dtype,
         attn_implementation=plan.attn,
         quantization_config=quantization,
         device_map=plan.device if quantization is not None else None,
@@ -349,14 +366,30 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
         tensors = CheckpointTensors(weight_files(directory))
         if plan.quant == "int4":
             quantize_from_checkpoint(model, tensors)
-        if codes_bfloat16(plan.device, plan.dtype, plan.quant):
+        if coded:
             code_from_checkpoint(model, tensors)
+        if widen_later:
+            widen_outside_kernel_linears(model, plan.dtype)
         if plan.quant == "4bit":
             repack_bitsandbytes_for_cpu(model)
         read_mapped_weights_into_memory(model, tensors, KEPT_MAPPED if plan.quant == "4bit" else ())
         return_freed_memory()
     store_routers_in_float32(model)
     return model.eval()
+
+
+def widen_outside_kernel_linears(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast every floating-point tensor not held by a kernel linear (whose formats stay as they
+    are) to ``dtype``, module by module, handing the freed memory back as it goes."""
+    for index, module in enumerate(model.modules()):
+        if isinstance(module, KernelLinear):
+            continue
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if tensor.is_floating_point() and tensor.dtype != dtype:
+                tensor.data = tensor.data.to(dtype)
+        if index % 256 == 0:
+            return_freed_memory()
+    return_freed_memory()
 
 
 def store_routers_in_float32(model: nn.Module) -> None:

@@ -13,13 +13,17 @@ from safetensors.torch import load_file, save_file
 from deepseek_ocr import (
     CheckpointError,
     DeepseekOcrConfig,
+    cpu_kernel,
     estimate_weight_bytes,
     load_model,
     loading,
     plan_runtime,
 )
+from deepseek_ocr.exponent_coding import ExponentCodedLinear
+from deepseek_ocr.quantization import Int4Linear
 
 from .conftest import REFERENCE
+from .test_quantization import case_inputs, greedy
 
 CPU32 = dict(device="cpu", dtype="float32", quant="none")
 
@@ -133,3 +137,50 @@ def test_runtime_plan_on_this_machine():
             plan_runtime(device="cuda")
         with pytest.raises(CheckpointError, match="flash-attn"):
             plan_runtime(device="cpu", attn="flash")
+
+
+@pytest.fixture
+def bfloat16_checkpoint(checkpoint: Path) -> Path:
+    """The tiny checkpoint stored as the real one is: bfloat16 tensors, ``torch_dtype: bfloat16``."""
+    for file in checkpoint.glob("*.safetensors"):
+        tensors = load_file(file)
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}, file)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["torch_dtype"] = "bfloat16"
+    for section in config.values():
+        if isinstance(section, dict) and "torch_dtype" in section:
+            section["torch_dtype"] = "bfloat16"
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    return checkpoint
+
+
+@pytest.mark.skipif(not loading.can_code(), reason="this kernel variant has no vector coded product (portable)")
+def test_a_float32_model_of_a_bfloat16_checkpoint_codes_its_decoder_and_computes_as_the_float32_load(
+    bfloat16_checkpoint, monkeypatch
+):
+    """CPUs without bfloat16 arithmetic run float32: the decoder keeps the checkpoint's bfloat16
+    weights, coded (lossless, never a full float32 copy), and the rest is widened to float32."""
+    plan = plan_runtime(**CPU32)
+    coded = load_model(bfloat16_checkpoint, plan)
+    kinds = {type(m).__name__ for m in coded.modules()}
+    assert isinstance(coded.lm_head, ExponentCodedLinear) and "ExponentCodedLinear" in kinds
+    floating = [t for m in coded.modules() if not isinstance(m, ExponentCodedLinear) for t in m.parameters(recurse=False)]
+    assert floating and all(t.dtype == torch.float32 for t in floating)
+    monkeypatch.setattr(cpu_kernel, "load", lambda: None)  # the plain float32 load: every weight upcast
+    plain = load_model(bfloat16_checkpoint, plan)
+    monkeypatch.undo()
+    assert not any(isinstance(m, ExponentCodedLinear) for m in plain.modules())
+    _, inputs = case_inputs("s15_base_square_md")
+    (coded_ids, coded_logits), (plain_ids, plain_logits) = greedy(coded, inputs), greedy(plain, inputs)
+    assert coded_ids == plain_ids
+    # Same weights, float32 activations in both: only the order of float32 sums differs.
+    torch.testing.assert_close(coded_logits, plain_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_float32_int4_model_of_a_bfloat16_checkpoint_widens_only_what_int4_leaves(bfloat16_checkpoint):
+    model = load_model(bfloat16_checkpoint, plan_runtime(device="cpu", dtype="float32", quant="int4"))
+    assert isinstance(model.lm_head, Int4Linear)
+    assert model.lm_head.scale_and_zero.dtype == torch.bfloat16  # the int4 format is left as it is
+    for module in model.modules():
+        if not isinstance(module, Int4Linear):
+            assert all(t.dtype == torch.float32 for t in module.parameters(recurse=False)), type(module)
