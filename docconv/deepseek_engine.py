@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from transformers.utils import logging as transformers_logging
 
 from deepseek_ocr import (
@@ -18,6 +19,7 @@ from deepseek_ocr import (
     generate_pages,
     load_model,
     plan_runtime,
+    sam,
 )
 from deepseek_ocr.loading import codes_bfloat16, load_config, return_freed_memory
 
@@ -72,6 +74,11 @@ class DeepseekOcrEngine:
         self.quant = self.plan.quant
         if codes_bfloat16(self.plan.device, self.plan.dtype, self.plan.quant, config):
             log.info("bfloat16 decoder weights exponent-coded for docconv's CPU kernel (lossless)")
+        if self.plan.device == "cpu" and self.plan.dtype == torch.bfloat16 and sam.onednn_linear() is None:
+            # Probed here, before the first page, so -v says which path SAM takes on this CPU.
+            log.info(
+                "SAM's bfloat16 linears on torch: oneDNN's fused linear %s", sam.onednn_unavailable_reason
+            )
         self._exempt_ids = [self.processor.special_token_id(token) for token in _REPEATABLE_TOKENS]
 
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:

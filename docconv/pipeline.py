@@ -15,6 +15,7 @@ import glob
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from PIL import Image
 
 from docconv import bands, postprocess, writers
 from docconv.document import Document, Page
-from docconv.engine import Engine, EngineOptions, EngineOutput, PageJob, create_engine
+from docconv.engine import Engine, EngineError, EngineOptions, EngineOutput, PageJob, create_engine
 from docconv.fsutil import TEMP_MARKER, atomic_write_text
 from docconv.inputs import InputDocument, InputError
 from docconv.journal import Journal, bytes_identity, file_identity, fingerprint, journal_path
@@ -53,6 +54,9 @@ GROUNDING = "<|grounding|>"
 RETRY_NGRAM_DIVISOR = 2
 RETRY_MIN_NGRAM = 8
 RETRY_WINDOW_FACTOR = 2
+
+#: An exception's message is cut to this many characters in the one line that reports it.
+MAX_CAUSE_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,17 @@ _ENGINES: dict[EngineOptions, Engine] = {}
 def load_engine(options: EngineOptions) -> Engine:
     """The engine for ``options``, built once per process (raises EngineError if it cannot start)."""
     if options not in _ENGINES:
-        engine = create_engine(options)
+        try:
+            engine = create_engine(options)
+        except EngineError:
+            raise
+        except Exception as error:
+            # Not a cause the engine foresaw (a torch or CPU failure while loading): still exit 3
+            # with one line, not a traceback; -v logs the traceback.
+            log.info(
+                "the engine failed while loading:\n%s", "".join(traceback.format_exception(error)).rstrip()
+            )
+            raise EngineError(f"{describe_exception(error)} (-v shows the traceback)") from error
         log.info("engine %s on %s, %s, quant %s", engine.name, engine.device, engine.dtype, engine.quant)
         _ENGINES[options] = engine
     return _ENGINES[options]
@@ -159,6 +173,22 @@ class DocumentRun:
         self.source.close()
 
 
+@dataclass(frozen=True)
+class PageFailure:
+    """The engine raised while reading a page: the one-line cause and, for -v, the traceback.
+
+    Kept as text, not as the exception: its traceback holds the failed call's frames, and with
+    them tensors (a page's activations) that would stay alive while the rest of the batch is read.
+    """
+
+    cause: str
+    traceback: str
+
+    @classmethod
+    def of(cls, error: BaseException) -> PageFailure:
+        return cls(describe_exception(error), "".join(traceback.format_exception(error)).rstrip())
+
+
 @dataclass
 class PageWork:
     """One page on its way through the engine; ``image`` lives only until the page is finished."""
@@ -190,6 +220,7 @@ class Pipeline:
         self.summary = RunSummary()
         self._engine = engine  # None: loaded (memoised) from options.engine on first use
         self._open_runs: list[DocumentRun] = []
+        self._logged_causes: set[str] = set()  # engine failures whose traceback -v already showed
 
     @property
     def engine(self) -> Engine:
@@ -309,20 +340,46 @@ class Pipeline:
 
     def _process(self, batch: list[PageWork]) -> None:
         live = [work for work in batch if not work.run.failed]
+        if not live:
+            return
         pages = self._read(live, retry=False)
-        degraded = [i for i, page in enumerate(pages) if page.degraded]
+        degraded = [i for i, page in enumerate(pages) if isinstance(page, Page) and page.degraded]
         if degraded:
             retried = self._read([live[i] for i in degraded], retry=True)
             for i, page in zip(degraded, retried, strict=True):
-                pages[i] = page
+                if isinstance(page, PageFailure):
+                    # The first read is usable, only degraded: keep it rather than fail the page.
+                    self._retry_failed(live[i], page)
+                else:
+                    pages[i] = page
         for work, page in zip(live, pages, strict=True):
+            if isinstance(page, PageFailure):
+                self._page_failed(work, page)
+                continue
             page.seconds = round(time.monotonic() - work.started, 3)
             self._finish_page(work, page)
 
-    def _read(self, works: list[PageWork], retry: bool) -> list[Page]:
+    def _read(self, works: list[PageWork], retry: bool) -> list[Page | PageFailure]:
+        """The pages of ``works`` read in one engine call, in order; a page the engine raised on is
+        a :class:`PageFailure`. When a call of several pages raises, they are read again one at a
+        time, so that only the page that fails is failed, not the others batched with it."""
+        engine = self.engine  # outside the try: an engine that cannot start is exit 3, not a page failure
         jobs = [self._job(work, band, retry) for work in works for band in work.bands]
-        outputs = iter(self.engine.generate(jobs, on_token=self.reporter.on_token))
-        return [self._page_from(work, [next(outputs) for _ in work.bands], retry) for work in works]
+        try:
+            outputs = iter(engine.generate(jobs, on_token=self.reporter.on_token))
+        except EngineError:
+            raise
+        except Exception as error:
+            # Anything else the engine raises (a torch op refused on this CPU, out of memory, a
+            # bug) is about this batch's pages; Ctrl-C and SIGTERM are not Exceptions and stop the run.
+            failure = PageFailure.of(error)
+        else:
+            return [self._page_from(work, [next(outputs) for _ in work.bands], retry) for work in works]
+        # Out of the except block, so the exception (and the tensors its frames hold) is gone.
+        if len(works) == 1:
+            return [failure]
+        log.debug("a batch of %d pages failed (%s); reading them one at a time", len(works), failure.cause)
+        return [result for work in works for result in self._read([work], retry)]
 
     def _job(self, work: PageWork, band: bands.Band, retry: bool) -> PageJob:
         options = self.options
@@ -447,6 +504,31 @@ class Pipeline:
             write_raw_file(target.with_name(target.stem + RAW_SUFFIX), document)
         atomic_write_text(target, writers.render_document(document, options.render))
 
+    def _page_failed(self, work: PageWork, failure: PageFailure) -> None:
+        """One error line for the page; its document fails as for a page that cannot be rendered:
+        no output is written and its journal keeps the pages before, so a rerun retries this one."""
+        self._log_failure(work, "the engine failed", failure)
+        self._fail(
+            work.run, f"page {work.index + 1}: the engine failed: {failure.cause} (-v shows the traceback)"
+        )
+
+    def _retry_failed(self, work: PageWork, failure: PageFailure) -> None:
+        self._log_failure(work, "the retry one mode up failed", failure)
+        self.reporter.warning(
+            f"{work.run.document.source}: page {work.index + 1}: the retry one mode up failed "
+            f"({failure.cause}); kept the first, degraded read"
+        )
+
+    def _log_failure(self, work: PageWork, what: str, failure: PageFailure) -> None:
+        """The traceback at -v, once per distinct cause: an engine that fails on every page would
+        otherwise print the same traceback for each (-vv prints every one)."""
+        where = f"{work.run.document.source} page {work.index + 1}"
+        if failure.cause not in self._logged_causes or log.isEnabledFor(logging.DEBUG):
+            self._logged_causes.add(failure.cause)
+            log.info("%s: %s:\n%s", where, what, failure.traceback)
+        else:
+            log.info("%s: %s with the error above (%s)", where, what, failure.cause)
+
     def _fail(self, run: DocumentRun, message: str) -> None:
         run.failed = True
         self._record_failure(run.document.source, message)
@@ -458,6 +540,14 @@ class Pipeline:
         self.summary.failures.append((source, message))
         self.reporter.error(source, message)
         self.reporter.document_done()
+
+
+def describe_exception(error: BaseException) -> str:
+    """``Type: message`` on one line, for an error line: the message's first line, cut short
+    (torch's messages can run to a C++ stack trace)."""
+    lines = str(error).strip().splitlines()
+    message = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return message if len(message) <= MAX_CAUSE_CHARS else message[: MAX_CAUSE_CHARS - 1] + "…"
 
 
 def _write_error(target: Path | None, error: OSError) -> str:

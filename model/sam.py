@@ -8,12 +8,19 @@ memory low at 1024-1280 px; the neck and two stride-2 convolutions then cut the 
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernel
 from .configuration import SamConfig
+
+logger = logging.getLogger(__name__)
 
 #: Attention-bias elements materialised at once; larger maps are processed in chunks of query
 #: rows (identical result per row). Summed by broadcasting (float32), 4M elements keeps a chunk's
@@ -24,14 +31,53 @@ _MAX_ADDED_BIAS_ELEMENTS = 1 << 22
 _MAX_MULTIPLIED_BIAS_ELEMENTS = 1 << 24
 
 
-def _onednn_linear():
-    try:
-        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):  # a build without oneDNN's fused linear
+#: Set to 0 to keep SAM's bfloat16 linears off oneDNN's fused linear: they then run on torch's
+#: linear (and GELU), as they do where this CPU or torch build refuses the fused op.
+ONEDNN_LINEAR_SWITCH = "DEEPSEEK_OCR_ONEDNN_LINEAR"
+
+#: oneDNN's fused linear: (input, weight, bias, post-op, post-op scalars, post-op algorithm).
+FusedLinear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str, list, str], torch.Tensor]
+
+#: Why :func:`onednn_linear` returned None, for the engine's ``-v`` line.
+onednn_unavailable_reason: str | None = None
+
+
+@functools.cache
+def onednn_linear() -> FusedLinear | None:
+    """oneDNN's fused linear where it runs bfloat16 on this CPU, else None; decided once, at first use.
+
+    The op is private and CPU-dependent: without a bfloat16 inner-product kernel for the CPU
+    (AVX2 without AVX-512, as an AMD Zen 3) oneDNN refuses it with "could not create a
+    primitive descriptor for the inner product forward propagation primitive", so it is tried
+    on a tiny input, in both forms :func:`linear` uses, before SAM relies on it.
+    """
+    global onednn_unavailable_reason
+    if os.environ.get(ONEDNN_LINEAR_SWITCH, "1") == "0":
+        onednn_unavailable_reason = f"switched off ({ONEDNN_LINEAR_SWITCH}=0)"
         return None
-
-
-_ONEDNN_LINEAR = _onednn_linear()
+    try:
+        fused = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):  # a build without oneDNN's fused linear
+        fused = None
+    if fused is None:
+        onednn_unavailable_reason = "not in this torch build"
+        return None
+    x, weight, bias = (torch.ones(shape, dtype=torch.bfloat16) for shape in ((2, 32), (16, 32), (16,)))
+    try:
+        with torch.inference_mode():
+            fused(x, weight, bias, "none", [], "")
+            fused(x, weight, bias, "gelu", [], "none")
+    except RuntimeError as error:
+        # The first sentence: oneDNN appends advice on its verbose mode, not about this CPU.
+        detail = (
+            str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        onednn_unavailable_reason = f"refused on this CPU ({detail})"
+        logger.info(
+            "oneDNN's fused linear %s; SAM's bfloat16 linears run on torch", onednn_unavailable_reason
+        )
+        return None
+    return fused
 
 
 def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
@@ -46,15 +92,24 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tenso
     float32 sums before the one rounding to bfloat16, where torch rounds the linear's output and
     then the GELU's: one rounding fewer (closer to float32, a test checks), and no pass over a
     25 MB intermediate per 1024 px MLP (a SAM pass 2.54 s against 2.76 s, alternated).
+
+    Where oneDNN refuses the op (:func:`onednn_linear`), every input takes torch's path.
     """
     if (
-        _ONEDNN_LINEAR is not None
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype == layer.weight.dtype == torch.bfloat16
         and layer.bias is not None
         and x.is_contiguous()
+        and (fused := onednn_linear()) is not None
     ):
-        return _ONEDNN_LINEAR(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+        try:
+            return fused(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+        except RuntimeError as error:
+            # The probe passed, but oneDNN also picks its kernel by shape and might refuse this one:
+            # torch's path below computes the same linear (rounding the GELU's input once more).
+            logger.debug(
+                "oneDNN's fused linear refused a %s input (%s); torch's linear instead", tuple(x.shape), error
+            )
     return F.gelu(layer(x)) if gelu else layer(x)
 
 

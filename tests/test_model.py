@@ -142,8 +142,8 @@ def test_from_pretrained_loads_the_official_layout_without_key_mismatches(tiny_m
 def test_sam_linears_on_onednn_give_the_bits_of_the_torch_linear(shape):
     from deepseek_ocr import sam
 
-    if sam._ONEDNN_LINEAR is None:
-        pytest.skip("this torch has no oneDNN fused linear")
+    if sam.onednn_linear() is None:
+        pytest.skip(f"oneDNN's fused linear is not used here: {sam.onednn_unavailable_reason}")
     torch.manual_seed(0)
     layer = torch.nn.Linear(96, 288).to(torch.bfloat16)
     x = torch.randn(*shape).to(torch.bfloat16)
@@ -156,8 +156,8 @@ def test_sam_linears_on_onednn_give_the_bits_of_the_torch_linear(shape):
 def test_sam_mlp_gelu_fused_on_onednn_is_closer_to_float32_than_torch_rounding_twice():
     from deepseek_ocr import sam
 
-    if sam._ONEDNN_LINEAR is None:
-        pytest.skip("this torch has no oneDNN fused linear")
+    if sam.onednn_linear() is None:
+        pytest.skip(f"oneDNN's fused linear is not used here: {sam.onednn_unavailable_reason}")
     torch.manual_seed(0)
     layer = torch.nn.Linear(96, 384).to(torch.bfloat16)
     x = torch.randn(4, 16, 16, 96).to(torch.bfloat16)
