@@ -19,6 +19,11 @@ Usage (2 threads, as the reference figures in shared/benchmarks/reference-cpu.md
 
     python benchmarks/engine_cpu.py --quant none none-torch 8bit 4bit int4 --threads 2 --new-tokens 64
 
+``--dtype`` (default ``auto``: what docconv picks on this CPU, bfloat16 where it has native
+bfloat16, else float32 with the decoder's bfloat16 weights kept coded) and ``--variant`` (the
+CPU kernel's variant, with torch held to the same instruction sets: ``--variant avx2`` measures
+on an AVX-512 machine what an AVX2-only CPU runs) choose what runs on any CPU kind.
+
 Figures are medians of ``--reps`` repetitions; compare settings measured in one run only.
 """
 
@@ -112,7 +117,7 @@ class RssSampler:
         self._thread.join()
 
 
-def measure(checkpoint: Path, setting: str, reps: int, new_tokens: int) -> dict:
+def measure(checkpoint: Path, setting: str, reps: int, new_tokens: int, dtype: str) -> dict:
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
     from transformers.generation.streamers import BaseStreamer
@@ -122,7 +127,8 @@ def measure(checkpoint: Path, setting: str, reps: int, new_tokens: int) -> dict:
 
     started = time.perf_counter()
     quant = setting.removesuffix("-torch")
-    model = load_model(checkpoint, plan_runtime(device="cpu", dtype="bfloat16", quant=quant))
+    plan = plan_runtime(device="cpu", dtype=dtype, quant=quant)
+    model = load_model(checkpoint, plan)
     load_seconds = time.perf_counter() - started
     processor = DeepseekOcrProcessor.from_pretrained(checkpoint)
     base = strip_counts(processor([FIXTURES / "images" / "square_1024x1024.png"], PROMPT, "base"))
@@ -179,6 +185,7 @@ def measure(checkpoint: Path, setting: str, reps: int, new_tokens: int) -> dict:
     summary = {key: statistics.median(values) for key, values in results.items()}
     summary.update(
         quant=setting,
+        dtype=plan.dtype_name,
         load_seconds=load_seconds,
         peak_rss_base_gib=peak_base / 2**30,
         peak_rss_gib=rss.peak / 2**30,
@@ -212,8 +219,8 @@ def memory_bandwidth_gbs() -> float:
 
 
 QUANT_NAMES = {
-    "none": "bfloat16 (exponent-coded, C kernel)",
-    "none-torch": "bfloat16 (torch, kernel off)",
+    "none": "lossless (decoder exponent-coded, C kernel)",
+    "none-torch": "lossless (torch, kernel off)",
     "8bit": "int8 (bnb)",
     "4bit": "nf4 (bnb, double quant)",
     "int4": "int4 (C kernel, groups of 64)",
@@ -229,17 +236,17 @@ def cpu_kernel_switch() -> str:
     return cpu_kernel.ENV_SWITCH
 
 
-def report(rows: list[dict], bandwidth: float) -> str:
+def report(rows: list[dict], bandwidth: float, variant: str) -> str:
     lines = [
-        f"Streaming read bandwidth: {bandwidth:.1f} GB/s.",
+        f"Streaming read bandwidth: {bandwidth:.1f} GB/s. CPU kernel variant: {variant}.",
         "",
-        "| setting | vision base (s) | vision gundam (s) | prefill 290 tok (s) | decode b1 (tok/s) | decode b4 (tok/s, aggregate) | b4/b1 | peak RSS base b1 (GiB) | peak RSS all (GiB) | process max RSS (GiB) | load (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | dtype | vision base (s) | vision gundam (s) | prefill 290 tok (s) | decode b1 (tok/s) | decode b4 (tok/s, aggregate) | b4/b1 | peak RSS base b1 (GiB) | peak RSS all (GiB) | process max RSS (GiB) | load (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = QUANT_NAMES[r["quant"]]
         lines.append(
-            f"| {name} | {r['vision_base']:.2f} | {r['vision_gundam']:.2f} | {r['prefill']:.2f} | {r['decode1']:.1f} | "
+            f"| {name} | {r['dtype']} | {r['vision_base']:.2f} | {r['vision_gundam']:.2f} | {r['prefill']:.2f} | {r['decode1']:.1f} | "
             f"{r['decode4']:.1f} | {r['decode4'] / r['decode1']:.2f} | {r['peak_rss_base_gib']:.2f} | "
             f"{r['peak_rss_gib']:.2f} | {r['max_rss_gib']:.2f} | "
             f"{r['load_seconds']:.0f} |"
@@ -258,15 +265,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"])
+    parser.add_argument("--variant", help="the CPU kernel variant (default: the best this CPU runs)")
     parser.add_argument("--worker", choices=list(QUANT_NAMES), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    from deepseek_ocr import cpu_kernel
+
+    if args.variant and not args.worker:  # the workers, fresh processes, start with it
+        os.environ.update({cpu_kernel.VARIANT_SWITCH: args.variant, **cpu_kernel.TORCH_LIMITS.get(args.variant, {})})
     import torch
 
     torch.set_num_threads(args.threads)
     checkpoint = args.workdir / "deepseek-ocr-random"
     if args.worker:
-        print(json.dumps(measure(checkpoint, args.worker, args.reps, args.new_tokens)))
+        print(json.dumps(measure(checkpoint, args.worker, args.reps, args.new_tokens, args.dtype)))
         return
     build_random_checkpoint(checkpoint)
     bandwidth = memory_bandwidth_gbs()
@@ -280,12 +293,14 @@ def main() -> None:
             str(args.reps),
             "--new-tokens",
             str(args.new_tokens),
+            "--dtype",
+            args.dtype,
         ]
         environment = {**os.environ, **({cpu_kernel_switch(): "0"} if quant in WITHOUT_KERNEL else {})}
         done = subprocess.run(command, check=True, capture_output=True, text=True, env=environment)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    print(report(rows, bandwidth))
+    print(report(rows, bandwidth, cpu_kernel.chosen_variant()))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ bfloat16 weights stay uncoded and SAM's attention runs on torch's SDPA.
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import functools
 import hashlib
@@ -70,6 +71,14 @@ _TARGET_FLAGS = {
     "avx2": ("-march=x86-64-v3", "-mtune=native"),
     "neon": ("-mcpu=native",),
     "portable": ("-DKERNEL_PORTABLE",),
+}
+
+#: Environment that holds torch to a variant's instruction sets too (its own kernels and oneDNN's),
+#: for measuring or testing on one machine what a CPU of that kind gets; the variants above AVX2
+#: need nothing.
+TORCH_LIMITS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
 }
 
 #: What each x86-64 variant needs in /proc/cpuinfo's flags.
@@ -357,13 +366,21 @@ def _open(library: Path) -> ctypes.CDLL:
     file truncated by a full disk, say) is removed and built again, once."""
     try:
         opened = ctypes.CDLL(str(library))
-        opened.kernel_variant  # noqa: B018 - raises AttributeError where the file is not the kernel
-        return opened
-    except (OSError, AttributeError) as error:
-        logger.warning("cached CPU kernel %s does not load (%s); building it again", library, error)
-        library.unlink(missing_ok=True)
-        variant = library.name.removeprefix(f"{SOURCES[0].stem}-").rsplit("-", 1)[0]
-        return ctypes.CDLL(str(_build(variant)))
+    except OSError as error:
+        return _rebuild(library, error)
+    if not hasattr(opened, "kernel_variant"):
+        # The loader hands back a handle it still holds for the same path, so let go of this one
+        # before the rebuilt file is opened under that path.
+        _ctypes.dlclose(opened._handle)
+        return _rebuild(library, "it is not the kernel")
+    return opened
+
+
+def _rebuild(library: Path, error: object) -> ctypes.CDLL:
+    logger.warning("cached CPU kernel %s does not load (%s); building it again", library, error)
+    library.unlink(missing_ok=True)
+    variant = library.name.removeprefix(f"{SOURCES[0].stem}-").rsplit("-", 1)[0]
+    return ctypes.CDLL(str(_build(variant)))
 
 
 def _compiler() -> list[str]:

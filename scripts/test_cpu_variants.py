@@ -31,25 +31,13 @@ TESTS = [
     "tests/test_parity.py",
 ]
 
-#: How torch is held to each variant's instruction sets (the variants above AVX2 need nothing).
-TORCH_LIMITS = {
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "neon": {},
-    "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
-}
-
-
-def lower_variants() -> list[str]:
+def main(arguments: list[str]) -> int:
     from deepseek_ocr import cpu_kernel
 
-    return list(cpu_kernel.supported_variants()[1:])
-
-
-def main(arguments: list[str]) -> int:
-    variants = lower_variants()
+    variants = cpu_kernel.supported_variants()[1:]
     print(f"kernel variants below this CPU's best: {', '.join(variants) or 'none'}", flush=True)
     for variant in variants:
-        environment = {**os.environ, "DEEPSEEK_OCR_CPU_VARIANT": variant, **TORCH_LIMITS.get(variant, {})}
+        environment = {**os.environ, cpu_kernel.VARIANT_SWITCH: variant, **cpu_kernel.TORCH_LIMITS.get(variant, {})}
         print(f"\n=== variant {variant} ===", flush=True)
         status = subprocess.run([sys.executable, "-m", "pytest", "-q", *TESTS, *arguments], cwd=REPO, env=environment)
         if status.returncode:

@@ -278,3 +278,22 @@ def test_code_linears_replaces_only_the_named_layers():
     code_linears(holder, ["a"])
     assert isinstance(holder.a, ExponentCodedLinear) and type(holder.b) is nn.Linear
     assert same_bits(holder.a.decoded_weight(), weight) and holder.a.bias is not None
+
+
+def test_subnormals_are_zero_on_the_bfloat16_dot_product_and_kept_when_widened():
+    """AVX512-BF16's vdpbf16ps counts subnormal bfloat16 inputs as zero (README says so); the
+    widened paths (AVX2, NEON, float32 models) and the plain C loops multiply them as they are."""
+    tiny = 2.0**-130  # below bfloat16's (and float32's) smallest normal, 2^-126
+    layer = ExponentCodedLinear.from_weight(torch.full((2, 64), tiny, dtype=torch.bfloat16))
+    kernel = cpu_kernel.load()
+    ones = torch.ones(1, 64)
+    for x, widened in ((ones, True), (ones.to(torch.bfloat16), not kernel.bf16_dot)):
+        for portable in (False, True):
+            out = kernel.linear(x, layer.descriptor(), 2, portable=portable, out_dtype=torch.float32)
+            expected = 64 * tiny if widened or portable else 0.0  # 2^-124: a normal float32
+            assert out.tolist() == [[expected, expected]], (x.dtype, portable)
+    # The same for subnormal activations against normal weights.
+    layer = ExponentCodedLinear.from_weight(torch.ones(2, 64, dtype=torch.bfloat16))
+    x = torch.full((1, 64), tiny).to(torch.bfloat16)
+    out = kernel.linear(x, layer.descriptor(), 2, out_dtype=torch.float32)
+    assert out.tolist() == [[0.0 if kernel.bf16_dot else 64 * tiny] * 2]
