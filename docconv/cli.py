@@ -24,6 +24,7 @@ from docconv.doctor import doctor as run_doctor
 from docconv.engine import MODES, EngineError, EngineOptions
 from docconv.inputs import STDIN, read_list, resolve_inputs
 from docconv.models_cli import models_app
+from docconv.output import JsonOption
 from docconv.pages import parse_pages
 from docconv.pipeline import TASK_PROMPTS, ConvertOptions, Pipeline
 from docconv.progress import Reporter
@@ -507,9 +508,12 @@ def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: boo
 
 
 @app.command("doctor")
-def doctor() -> None:
-    """Check torch, the GPU, flash-attn, bitsandbytes and the model cache; show what a run would use."""
-    run_doctor()
+def doctor(as_json: JsonOption = False) -> None:
+    """Check torch, the GPU, flash-attn, bitsandbytes and the model cache; show what a run would use.
+
+    Piped, one check per line: the check and its result, tab-separated.
+    """
+    run_doctor(as_json=as_json)
 
 
 @app.command("rerender")

@@ -25,11 +25,10 @@ from typing import Any
 
 import platformdirs
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from docconv import writers
 from docconv.engine import MODES
+from docconv.output import JsonOption, print_table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -279,12 +278,16 @@ def show_path() -> None:
 
 
 @config_app.command("show")
-def show_settings() -> None:
-    """Print every setting, its effective value and where it came from."""
+def show_settings(as_json: JsonOption = False) -> None:
+    """Print every setting, its effective value and where it came from.
+
+    Piped, one setting per line: key, value (as Python writes it) and source, tab-separated.
+    """
     settings = settings_or_exit()
-    table = Table(title=f"docconv settings (file: {config_path()})", title_justify="left")
-    for column in ("key", "value", "source"):
-        table.add_column(column, overflow="fold")
-    for key in KEYS:
-        table.add_row(key, repr(getattr(settings, key)), settings.sources[key])
-    Console(soft_wrap=True).print(table)
+    print_table(
+        ("key", "value", "source"),
+        [(key, repr(getattr(settings, key)), settings.sources[key]) for key in KEYS],
+        title=f"docconv settings (file: {config_path()})",
+        as_json=as_json,
+        json_data={key: {"value": getattr(settings, key), "source": settings.sources[key]} for key in KEYS},
+    )

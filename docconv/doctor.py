@@ -15,25 +15,30 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from docconv import __version__
 from docconv.config import Settings, config_path, settings_or_exit
+from docconv.output import json_key, print_table
 
 UNKNOWN = "unknown"
 Row = tuple[str, str]
 
 
-def doctor() -> None:
-    """Print the environment report as a table on stdout (exit 2 on a broken config)."""
+def doctor(as_json: bool = False) -> None:
+    """Print the environment report on stdout (exit 2 on a broken config).
+
+    A table on a terminal; piped, a ``check<TAB>result`` line per check; with ``as_json`` one
+    JSON object, each check's label as a key (:func:`~docconv.output.json_key`: ``would_use``).
+    """
     settings = settings_or_exit()
-    table = Table(title="docconv doctor", title_justify="left", show_header=False)
-    table.add_column("check", style="bold")
-    table.add_column("result", overflow="fold")
-    for check, result in report_rows(settings):
-        table.add_row(check, result)
-    Console(soft_wrap=True).print(table)
+    rows = list(report_rows(settings))
+    print_table(
+        ("check", "result"),
+        rows,
+        title="docconv doctor",
+        show_header=False,
+        as_json=as_json,
+        json_data={json_key(check): result for check, result in rows},
+    )
 
 
 def report_rows(settings: Settings) -> Iterator[Row]:

@@ -8,15 +8,15 @@ its engine cannot start.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich import filesize
-from rich.console import Console
-from rich.table import Table
 
 from docconv import weights
+from docconv.output import JsonOption, print_table
 from docconv.weights import (
     DEFAULT_MODEL,
     CorruptDownloadError,
@@ -56,21 +56,31 @@ def _human_size(size: int | None) -> str:
     return "-" if size is None else filesize.decimal(size)
 
 
+#: Columns of ``models list`` (piped: the tab-separated fields, in this order).
+LIST_COLUMNS = ("id", "revision", "size", "path", "verified", "licence", "note")
+
+
 @models_app.command("list")
-def list_command() -> None:
-    """Show cached and imported models, and known models not downloaded yet."""
+def list_command(as_json: JsonOption = False) -> None:
+    """Show cached and imported models, and known models not downloaded yet.
+
+    Piped, one model per line: id, revision, size, path, verified, licence and note, tab-separated.
+    """
     try:
-        rows = weights.list_models()
+        listings = weights.list_models()
     except WeightsError as error:
         _fail(error)
-    table = Table(title=f"docconv models ({weights.cache_dir()})")
-    for column in ("id", "revision", "size", "path", "verified", "licence", "note"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(
-            row.id, row.revision, _human_size(row.size_bytes), row.path or "-", row.verified, row.licence, row.note
-        )
-    Console().print(table)
+    rows = [
+        (row.id, row.revision, _human_size(row.size_bytes), row.path or "-", row.verified, row.licence, row.note)
+        for row in listings
+    ]
+    print_table(
+        LIST_COLUMNS,
+        rows,
+        title=f"docconv models ({weights.cache_dir()})",
+        as_json=as_json,
+        json_data=[asdict(row) for row in listings],
+    )
 
 
 @models_app.command("download")

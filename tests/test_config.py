@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -130,12 +131,28 @@ def test_config_show_lists_values_and_their_sources(
 ) -> None:
     write_config(config_dir, "batch_size = 3\n")
     monkeypatch.setenv("DOCCONV_MODE", "large")
-    result = CliRunner().invoke(config_app, ["show"], env={"COLUMNS": "160"})
+    result = CliRunner().invoke(config_app, ["show"])
     assert result.exit_code == 0
-    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 3}
-    assert "3" in lines["batch_size"] and "file" in lines["batch_size"]
-    assert "'large'" in lines["mode"] and "env DOCCONV_MODE" in lines["mode"]
-    assert "8192" in lines["max_tokens"] and "default" in lines["max_tokens"]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]  # piped: key, value, source
+    assert [row[0] for row in rows] == list(KEYS)
+    lines = {key: rest for key, *rest in rows}
+    assert lines["batch_size"] == ["3", "file"]
+    assert lines["mode"] == ["'large'", "env DOCCONV_MODE"]
+    assert lines["max_tokens"] == ["8192", "default"]
+    assert lines["page_separator"] == [r"'\n\n<!-- page {page} -->\n\n'", "default"]
+
+
+def test_config_show_json_has_typed_values_and_sources(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_config(config_dir, "batch_size = 3\n")
+    monkeypatch.setenv("DOCCONV_KEEP_HEADERS", "yes")
+    result = CliRunner().invoke(config_app, ["show", "--json"])
+    assert result.exit_code == 0
+    shown = json.loads(result.stdout)
+    assert list(shown) == list(KEYS)
+    assert shown["batch_size"] == {"value": 3, "source": "file"}
+    assert shown["keep_headers"] == {"value": True, "source": "env DOCCONV_KEEP_HEADERS"}
+    assert shown["dpi"] == {"value": None, "source": "default"}
+    assert shown["max_ratio"] == {"value": 10.0, "source": "default"}
 
 
 def test_config_show_reports_a_broken_file_in_one_line_with_exit_2(config_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,15 +80,32 @@ def test_cached_model_is_listed_and_its_config_read(
     assert "model not on disk" not in report["because"]
 
 
-def test_doctor_command_prints_the_table(isolated: Path) -> None:
-    env = {**os.environ, "COLUMNS": "200"}
-    done = subprocess.run(
-        [sys.executable, "-m", "docconv", "doctor"], capture_output=True, text=True, env=env, timeout=120
+def doctor_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``docconv doctor`` with stdout piped, at the default width."""
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    return subprocess.run(
+        [sys.executable, "-m", "docconv", "doctor", *args], capture_output=True, text=True, env=env, timeout=120
     )
+
+
+def test_doctor_piped_prints_one_check_per_line(isolated: Path) -> None:
+    done = doctor_process()
     assert done.returncode == 0, done.stderr
-    assert "would use" in done.stdout
-    assert str(isolated / "cache") in done.stdout
-    assert "cpu" in done.stdout
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert all(len(fields) == 2 for fields in lines), done.stdout
+    report = dict(lines)
+    assert [check for check, _ in lines] == list(rows())
+    assert report["weights cache"] == str(isolated / "cache")
+    assert report["would use"].startswith("device cpu" if not torch.cuda.is_available() else "device cuda")
+
+
+def test_doctor_json_is_one_object_with_stable_keys(isolated: Path) -> None:
+    done = doctor_process("--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {"docconv", "torch", "cuda", "flash_attn", "cpu_kernel", "weights_cache", "would_use"} <= set(report)
+    assert report["weights_cache"] == str(isolated / "cache")
+    assert report["config_file"].endswith("(not created; defaults apply)")
 
 
 def test_doctor_with_a_broken_config_is_one_line_and_exit_2(isolated: Path) -> None:

@@ -22,7 +22,6 @@ from deepseek_ocr import (
 from deepseek_ocr.exponent_coding import ExponentCodedLinear
 from deepseek_ocr.quantization import Int4Linear
 
-from .conftest import REFERENCE
 from .test_quantization import case_inputs, greedy
 
 CPU32 = dict(device="cpu", dtype="float32", quant="none")
@@ -90,8 +89,8 @@ def test_refuses_to_load_without_enough_memory(checkpoint: Path, monkeypatch):
     assert "not enough memory" in message and "GB is free" in message and "--quant int4" in message
 
 
-def test_auto_quantizes_to_4bit_when_full_precision_does_not_fit(monkeypatch):
-    config = DeepseekOcrConfig.from_pretrained(REFERENCE)
+def test_auto_quantizes_to_4bit_when_full_precision_does_not_fit(monkeypatch, reference_dir):
+    config = DeepseekOcrConfig.from_pretrained(reference_dir)
     monkeypatch.setattr(loading, "available_memory", lambda device: 5_000_000_000)
     plan = plan_runtime(device="cpu", dtype="bfloat16", config=config)
     assert plan.quant == "int4" and "exceeds free memory on cpu" in plan.reason
@@ -99,9 +98,9 @@ def test_auto_quantizes_to_4bit_when_full_precision_does_not_fit(monkeypatch):
     assert plan_runtime(device="cpu", dtype="bfloat16", config=config).quant == "none"
 
 
-def test_auto_keeps_lossless_bfloat16_where_only_the_coded_weights_fit(monkeypatch):
+def test_auto_keeps_lossless_bfloat16_where_only_the_coded_weights_fit(monkeypatch, reference_dir):
     """7 GB free: the 6.7 GB bfloat16 checkpoint with headroom does not fit, exponent-coded it does."""
-    config = DeepseekOcrConfig.from_pretrained(REFERENCE)
+    config = DeepseekOcrConfig.from_pretrained(reference_dir)
     monkeypatch.setattr(loading, "available_memory", lambda device: 7_000_000_000)
     monkeypatch.setattr(loading, "can_code", lambda: True)
     assert plan_runtime(device="cpu", dtype="bfloat16", config=config).quant == "none"
@@ -116,8 +115,8 @@ def test_int4_is_refused_off_the_cpu(monkeypatch):
         plan_runtime(device="cuda", quant="int4")
 
 
-def test_memory_estimates_for_the_real_model():
-    config = DeepseekOcrConfig.from_pretrained(REFERENCE)
+def test_memory_estimates_for_the_real_model(reference_dir):
+    config = DeepseekOcrConfig.from_pretrained(reference_dir)
     bf16 = estimate_weight_bytes(config, torch.bfloat16)
     assert bf16 == 6_672_212_480  # the checkpoint's own total_size
     assert 3.9e9 < estimate_weight_bytes(config, torch.bfloat16, "8bit") < 4.3e9

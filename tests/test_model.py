@@ -19,7 +19,7 @@ from deepseek_ocr import (
     plan_runtime,
 )
 
-from .conftest import PARITY, REFERENCE
+from .conftest import PARITY
 
 MD_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 FREE_PROMPT = "<image>\nFree OCR."
@@ -31,9 +31,9 @@ def tiny(tiny_model_dir):
     return model, DeepseekOcrProcessor.from_pretrained(tiny_model_dir)
 
 
-def test_official_config_has_exactly_the_checkpoint_parameters():
-    reference = json.loads((REFERENCE / "checkpoint_shapes.json").read_text())["tensors"]
-    config = DeepseekOcrConfig.from_pretrained(REFERENCE)
+def test_official_config_has_exactly_the_checkpoint_parameters(reference_dir):
+    reference = json.loads((reference_dir / "checkpoint_shapes.json").read_text())["tensors"]
+    config = DeepseekOcrConfig.from_pretrained(reference_dir)
     with torch.device("meta"):
         model = DeepseekOcrForConditionalGeneration(config)
     ours = {name: list(param.shape) for name, param in model.named_parameters()}
@@ -41,8 +41,8 @@ def test_official_config_has_exactly_the_checkpoint_parameters():
     assert sum(p.numel() for p in model.parameters()) == 3_336_106_240
 
 
-def test_official_config_defaults_match_the_reference_code():
-    config = DeepseekOcrConfig.from_pretrained(REFERENCE)
+def test_official_config_defaults_match_the_reference_code(reference_dir):
+    config = DeepseekOcrConfig.from_pretrained(reference_dir)
     assert (config.rms_norm_eps, config.rope_theta, config.norm_topk_prob) == (1e-6, 10000.0, False)
     assert config.image_token_id == 128815
     assert (config.sam.width, config.sam.global_attn_indexes, config.clip.layers) == (768, (2, 5, 8, 11), 24)

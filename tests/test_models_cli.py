@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from docconv import weights
-from docconv.models_cli import models_app
+from docconv.models_cli import LIST_COLUMNS, models_app
 
 from .fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
 
@@ -89,13 +91,43 @@ def test_list_shows_revision_size_path_and_verified(hub: FakeHub) -> None:
     listing = invoke("list")
 
     assert listing.exit_code == 0
-    row = next(line for line in listing.stdout.splitlines() if TINY_ID in line)
-    assert record.commit[:12] in row
-    assert "2.3 MB" in row
-    assert record.path in row
-    assert "yes" in row
-    default_row = next(line for line in listing.stdout.splitlines() if weights.DEFAULT_MODEL + " " in line)
-    assert "6.7 GB" in default_row and "not downloaded" in default_row and "MIT" in default_row
+    rows = {line.split("\t")[0]: line.split("\t") for line in listing.stdout.splitlines()}
+    assert all(len(row) == len(LIST_COLUMNS) for row in rows.values())
+    assert rows[TINY_ID] == [TINY_ID, record.commit[:12], "2.3 MB", record.path, "yes", "-", "hub"]
+    assert rows[weights.DEFAULT_MODEL] == [
+        weights.DEFAULT_MODEL, "main", "6.7 GB", "-", "not downloaded", "MIT", "known"
+    ]
+
+
+def test_list_json_is_a_list_of_records_with_raw_values(hub: FakeHub) -> None:
+    invoke("download", TINY_ID, "--quiet")
+    record = weights.load_records()[TINY_ID]
+
+    listing = invoke("list", "--json")
+
+    assert listing.exit_code == 0
+    models = {model["id"]: model for model in json.loads(listing.stdout)}
+    keys = ["id", "revision", "size_bytes", "path", "verified", "licence", "note"]
+    assert all(list(model) == keys for model in models.values())
+    assert models[TINY_ID]["path"] == record.path and models[TINY_ID]["verified"] == "yes"
+    assert models[TINY_ID]["size_bytes"] == sum(file.size for file in record.files.values())
+    assert models[weights.DEFAULT_MODEL]["path"] is None
+    assert models[weights.DEFAULT_MODEL]["size_bytes"] == 6_672_212_480
+
+
+def test_piped_list_keeps_long_ids_on_one_line_for_grep(cache_env: dict[str, str], tiny_model_dir: Path) -> None:
+    """`docconv models list | grep ID` in a real shell pipe, at the default width (no COLUMNS)."""
+    long_id = "local/a-site-model-id-far-longer-than-an-80-column-table-column"
+    weights.import_model(tiny_model_dir, as_id=long_id)
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    command = f"{shlex.quote(sys.executable)} -m docconv models list | grep -F "
+    for wanted in (long_id, "deepseek-community/DeepSeek-OCR-2"):
+        done = subprocess.run(
+            command + shlex.quote(wanted), shell=True, capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 0, f"grep found no line with {wanted}: {done.stderr}"
+        (line,) = done.stdout.splitlines()
+        assert line.split("\t")[0] == wanted and len(line.split("\t")) == len(LIST_COLUMNS)
 
 
 def test_verify_exit_codes_follow_a_flipped_byte_and_download_repairs_it(hub: FakeHub) -> None:

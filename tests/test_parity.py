@@ -18,7 +18,7 @@ from deepseek_ocr import DeepseekOcrProcessor, load_model, plan_runtime
 from deepseek_ocr.decoder import MoeRouter
 from deepseek_ocr.generation import greedy_config
 
-from .conftest import PARITY
+from .conftest import PARITY, require_shared, shared_params
 
 CASES = sorted(path for path in PARITY.glob("cases/*") if (path / "meta.json").is_file())
 ATOL = RTOL = 1e-4
@@ -44,7 +44,9 @@ def checkpoints():
     return get
 
 
-@pytest.fixture(params=CASES, ids=[case.name for case in CASES])
+@pytest.fixture(
+    params=shared_params(CASES, "parity cases (cases/*/meta.json)", PARITY / "cases"), ids=lambda case: case.name
+)
 def case(request):
     directory: Path = request.param
     return json.loads((directory / "meta.json").read_text()), load_file(directory / "expected.safetensors")
@@ -136,6 +138,5 @@ def check_vision_intermediates(model, inputs: dict, expected: dict[str, torch.Te
 
 
 def test_cases_were_found():
-    if not PARITY.is_dir():
-        pytest.skip(f"no parity fixtures at {PARITY}")
+    require_shared(PARITY, "parity fixtures")
     assert CASES, f"{PARITY} has no cases/*/meta.json"

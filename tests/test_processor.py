@@ -36,10 +36,12 @@ from deepseek_ocr.processing import (
     vision_budget,
 )
 
-from .conftest import PARITY
+from .conftest import PARITY, missing_shared_data, shared_params
 
 CASES = sorted(path.parent for path in PARITY.glob("cases/*/meta.json"))
 VIEW_DIRS = sorted(path.parent for path in PARITY.glob("preprocess/*/*/global_view.png"))
+DECODED = sorted(PARITY.glob("preprocess/*/decoded_rgb.png"))
+CASE_PARAMS = shared_params(CASES, "parity cases (cases/*/meta.json)", PARITY / "cases")
 
 
 def _case_id(path: Path) -> str:
@@ -94,7 +96,7 @@ def _assert_view_statistics(values: torch.Tensor, expected: dict[str, np.ndarray
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case_dir", CASES, ids=_case_id)
+@pytest.mark.parametrize("case_dir", CASE_PARAMS, ids=_case_id)
 def test_model_inputs_match_reference(case_dir: Path) -> None:
     meta, expected, processor = _case(case_dir)
     batch = processor(PARITY / "images" / meta["image"], meta["prompt"], _mode_of(meta))
@@ -109,7 +111,11 @@ def test_model_inputs_match_reference(case_dir: Path) -> None:
         assert batch["pixel_values_tiles"] is None
 
 
-@pytest.mark.parametrize("view_dir", VIEW_DIRS, ids=_view_id)
+@pytest.mark.parametrize(
+    "view_dir",
+    shared_params(VIEW_DIRS, "reference views (preprocess/*/*/global_view.png)", PARITY / "preprocess"),
+    ids=_view_id,
+)
 def test_uint8_views_match_reference_pngs(view_dir: Path) -> None:
     image = load_image(_image_for_stem(view_dir.parent.name))
     views = render_views(image, _modes_used_by_cases().get(view_dir.name, view_dir.name))
@@ -125,14 +131,16 @@ def test_uint8_views_match_reference_pngs(view_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "decoded", sorted(PARITY.glob("preprocess/*/decoded_rgb.png")), ids=lambda path: path.parent.name
+    "decoded",
+    shared_params(DECODED, "reference decodes (preprocess/*/decoded_rgb.png)", PARITY / "preprocess"),
+    ids=lambda path: path.parent.name,
 )
 def test_exif_jpeg_decodes_and_rotates_like_reference(decoded: Path) -> None:
     image = load_image(_image_for_stem(decoded.parent.name))
     np.testing.assert_array_equal(np.asarray(image), np.asarray(Image.open(decoded)))
 
 
-@pytest.mark.parametrize("case_dir", CASES, ids=_case_id)
+@pytest.mark.parametrize("case_dir", CASE_PARAMS, ids=_case_id)
 def test_decode_matches_reference_text(case_dir: Path) -> None:
     meta, expected, processor = _case(case_dir)
     assert processor.decode(expected["greedy_ids"]) == meta["greedy_text"]
@@ -143,7 +151,7 @@ def test_decode_matches_reference_text(case_dir: Path) -> None:
 def test_locate_prompt_matches_reference_tokens() -> None:
     ref_cases = [case for case in CASES if case.name.endswith("_ref")]
     if not ref_cases:
-        pytest.skip("no locate case in the fixture set")
+        missing_shared_data("a locate parity case (cases/*_ref)", PARITY / "cases")
     meta, expected, processor = _case(ref_cases[0])
     ids, mask = processor.build_input_ids(locate_prompt("the table"), meta["n_image_tokens"])
     assert ids == expected["input_ids"].tolist()

@@ -19,15 +19,24 @@ from deepseek_ocr import DeepseekOcrProcessor, load_model, plan_runtime
 from deepseek_ocr.generation import greedy_config
 from deepseek_ocr.quantization import Int4Linear
 
-from .conftest import PARITY
+from .conftest import PARITY, require_shared
 
 bnb = pytest.importorskip("bitsandbytes")
 
-#: (quant, minimum cosine similarity of next-token logits, greedy tokens that must agree).
-#: int4's groups of 64 span a whole row of the tiny 64-wide fixture layers (a single scale per
-#: row), so its first token is checked across cases below rather than per case.
-GUARDS = [("8bit", 0.999, 2), ("4bit", 0.98, 1), ("int4", 0.975, 0)]
+#: (quant, minimum cosine similarity of next-token logits, leading greedy tokens that must agree).
+GUARDS = [("8bit", 0.999, 2), ("4bit", 0.98, 1)]
 CASES = ["s15_base_square_md", "s15_tiny_page_ref", "s19_small_tall_md"]
+
+#: int4 (groups of 64, one bfloat16 scale and zero each) moves the tiny models' next-token logits
+#: by up to ~0.7, more than the gap between their two best tokens on some pages, so its first
+#: token may be a near-tie of float32's rather than float32's own: float32's logit for it at most
+#: this far below float32's best. Measured on all 26 parity cases: 24 pick float32's token, the
+#: other two are 0.15 and 0.24 below it (logits span ~5.5). Broken quantizers fail it on CASES:
+#: rounding down instead of to nearest 0.62 below (cosine 0.93); the nibble halves swapped, the
+#: groups of a row reversed, the zero point one step off or zero weights >= 1.7 below (cosine
+#: <= 0.59). Scales 25% too large keep the first token but not the cosine (0.86).
+INT4_NEAR_TIE = 0.3
+INT4_MIN_COSINE = 0.975
 
 
 @cache
@@ -36,7 +45,8 @@ def model_for(directory: Path, dtype: str, quant: str):
 
 
 def case_inputs(case: str):
-    meta = json.loads((PARITY / "cases" / case / "meta.json").read_text())
+    """A parity case's model inputs (its case directory missing: skipped, or failed under CI)."""
+    meta = json.loads((require_shared(PARITY / "cases" / case, f"parity case {case}") / "meta.json").read_text())
     directory = PARITY / "models" / f"seed{meta['seed']}"
     processor = DeepseekOcrProcessor.from_pretrained(directory)
     features = dict(processor([PARITY / "images" / meta["image"]], meta["prompt"], meta["mode"]))
@@ -56,8 +66,6 @@ def greedy(model, inputs: dict, tokens: int = 8) -> tuple[list[int], torch.Tenso
 @pytest.mark.parametrize(("quant", "min_cosine", "agreeing_tokens"), GUARDS)
 @pytest.mark.parametrize("case", CASES)
 def test_quantized_model_agrees_with_float32(case, quant, min_cosine, agreeing_tokens):
-    if not (PARITY / "cases" / case).is_dir():
-        pytest.skip(f"fixture case {case} not present")
     directory, inputs = case_inputs(case)
     reference = model_for(directory, "float32", "none")
     quantized = model_for(directory, "bfloat16", quant)
@@ -65,13 +73,24 @@ def test_quantized_model_agrees_with_float32(case, quant, min_cosine, agreeing_t
     ref_ids, ref_logits = greedy(reference, inputs)
     q_ids, q_logits = greedy(quantized, inputs)
     assert F.cosine_similarity(ref_logits, q_logits, dim=0) >= min_cosine
-    assert q_ids[:agreeing_tokens] == ref_ids[:agreeing_tokens]
+    assert agreeing_tokens >= 1 and q_ids[:agreeing_tokens] == ref_ids[:agreeing_tokens]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_int4_agrees_with_float32_up_to_near_ties(case):
+    directory, inputs = case_inputs(case)
+    ref_ids, ref_logits = greedy(model_for(directory, "float32", "none"), inputs)
+    q_ids, q_logits = greedy(model_for(directory, "bfloat16", "int4"), inputs)
+
+    assert F.cosine_similarity(ref_logits, q_logits, dim=0) >= INT4_MIN_COSINE
+    shortfall = (ref_logits.max() - ref_logits[q_ids[0]]).item()
+    assert shortfall <= INT4_NEAR_TIE, (
+        f"int4's first token {q_ids[0]} is {shortfall:.3f} below float32's best ({ref_ids[0]}) in float32's logits"
+    )
 
 
 def test_int4_keeps_the_first_token_on_most_cases():
-    cases = [case for case in CASES if (PARITY / "cases" / case).is_dir()]
-    if not cases:
-        pytest.skip("fixture cases not present")
+    cases = CASES
     agreeing = 0
     for case in cases:
         directory, inputs = case_inputs(case)

@@ -20,7 +20,7 @@ from docconv.postprocess import parse_page, split_raw_pages
 from docconv.rerender import rerender_files
 from docconv.writers import RenderOptions, render_page_markdown
 
-from .conftest import CORPUS
+from .conftest import CORPUS, needs_shared
 
 RAW = CORPUS / "raw-outputs"
 SIMILARITY = 0.9
@@ -38,7 +38,7 @@ def corpus_pages() -> list[tuple[str, str]]:
 
 
 PAGES = corpus_pages() if RAW.is_dir() else []
-needs_corpus = pytest.mark.skipif(not PAGES, reason=f"corpus not found at {RAW}")
+needs_corpus = needs_shared(bool(PAGES), "raw outputs of the corpus", RAW)
 
 
 def markdown(raw: str, **options: object) -> str:
@@ -59,9 +59,8 @@ def similarity(ours: str, official: str) -> float:
     return difflib.SequenceMatcher(None, words(ours), words(official), autojunk=False).ratio()
 
 
+@needs_corpus
 def test_corpus_has_every_group() -> None:
-    if not PAGES:
-        pytest.skip("corpus not present")
     names = {page_id.split("__")[0] for page_id, _ in PAGES}
     assert names == {"cloudman6", "docling", "mygateway2021", "shamitv"}
     assert len(PAGES) >= 40
