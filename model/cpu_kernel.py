@@ -73,12 +73,12 @@ _TARGET_FLAGS = {
     "portable": ("-DKERNEL_PORTABLE",),
 }
 
-#: Environment that holds torch to a variant's instruction sets too (its own kernels and oneDNN's),
+#: Environment that holds torch to a variant's instruction sets too (its own kernels, oneDNN's and MKL's),
 #: for measuring or testing on one machine what a CPU of that kind gets; the variants above AVX2
 #: need nothing.
 TORCH_LIMITS = {
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
 }
 
 #: What each x86-64 variant needs in /proc/cpuinfo's flags.

@@ -2,7 +2,7 @@
 
 The suite itself runs on the best variant (AMX, AVX-512, AVX2, ... as the CPU allows). Each
 lower one is then forced with ``DEEPSEEK_OCR_CPU_VARIANT``, and torch is held to the matching
-instruction sets too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``), so that one machine
+instruction sets too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``), so that one machine
 tests what an AVX2-only laptop or a CPU without AVX gets, bfloat16 refusals by oneDNN included.
 
     python scripts/test_cpu_variants.py [extra pytest arguments]

@@ -578,19 +578,22 @@ static inline void decode_wide(const uint8_t *chunk, __m256i table, __m256 out[8
 }
 
 // Output rows rows[0..ROWS) for the activation rows m0..m0+ACTS-1 (widened layout), exceptions
-// not included.
+// not included. Each output keeps two sums (the chunk's even and odd vectors): a multiply-add
+// waits for the one before it on the same sum, so four outputs alone would leave half of the
+// FMA units idle.
 #define DEFINE_WIDE_BLOCK(NAME, ROWS, ACTS)                                                            \
     static void NAME(const Weight *w, const int64_t *rows, int64_t m0, const float *widened,            \
                      float result[ROWS][ACTS]) {                                                       \
+        enum { SUMS = ROWS * ACTS >= 8 ? 1 : 2 };                                                      \
         const int64_t chunks = coded_chunks(w->K), stride = 96 * chunks, width = 64 * chunks;          \
         const uint8_t *tables = (const uint8_t *)w->side;                                              \
         const uint8_t *codes[ROWS];                                                                    \
         __m256i table[ROWS];                                                                           \
-        __m256 acc[ROWS][ACTS];                                                                        \
+        __m256 acc[ROWS][ACTS][2];                                                                     \
         for (int r = 0; r < ROWS; r++) {                                                               \
             codes[r] = w->data + rows[r] * stride;                                                     \
             table[r] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tables + rows[r] * 16))); \
-            for (int s = 0; s < ACTS; s++) acc[r][s] = _mm256_setzero_ps();                            \
+            for (int s = 0; s < ACTS; s++) acc[r][s][0] = acc[r][s][SUMS - 1] = _mm256_setzero_ps();    \
         }                                                                                              \
         for (int64_t c = 0; c < chunks; c++) {                                                         \
             for (int r = 0; r < ROWS; r++) {                                                           \
@@ -598,17 +601,19 @@ static inline void decode_wide(const uint8_t *chunk, __m256i table, __m256 out[8
                 decode_wide(codes[r] + 96 * c, table[r], weights);                                     \
                 for (int s = 0; s < ACTS; s++) {                                                       \
                     const float *x = widened + (m0 + s) * width + 64 * c;                              \
-                    for (int v = 0; v < 8; v++) acc[r][s] = _mm256_fmadd_ps(weights[v], _mm256_loadu_ps(x + 8 * v), acc[r][s]); \
+                    for (int v = 0; v < 8; v++)                                                        \
+                        acc[r][s][v % SUMS] = _mm256_fmadd_ps(weights[v], _mm256_loadu_ps(x + 8 * v), acc[r][s][v % SUMS]); \
                 }                                                                                      \
             }                                                                                          \
         }                                                                                              \
         for (int r = 0; r < ROWS; r++)                                                                 \
-            for (int s = 0; s < ACTS; s++) result[r][s] = sum_m256(acc[r][s]);                         \
+            for (int s = 0; s < ACTS; s++) result[r][s] = sum_m256(SUMS == 1 ? acc[r][s][0] : _mm256_add_ps(acc[r][s][0], acc[r][s][1])); \
     }
 
 DEFINE_WIDE_BLOCK(wide_4rows, 4, 1)  // decoding one sequence
 DEFINE_WIDE_BLOCK(wide_1row, 1, 1)
-DEFINE_WIDE_BLOCK(wide_1row_4acts, 1, 4)  // several sequences
+DEFINE_WIDE_BLOCK(wide_2rows_4acts, 2, 4)  // several sequences
+DEFINE_WIDE_BLOCK(wide_1row_4acts, 1, 4)
 #endif
 
 #if HAVE_NEON
@@ -950,7 +955,19 @@ static void coded_wide_range(const Product *p, int64_t a, int64_t b, int out_bf1
         }
         return;
     }
-    for (int64_t n = a; n < b; n++) {
+    const int64_t per = (b - a) / 2;
+    for (int64_t i = 0; i < per; i++) {
+        const int64_t rows[2] = {a + i, a + per + i};
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            float result[2][4];
+            wide_2rows_4acts(w, rows, m0, in->widened, result);
+            for (int r = 0; r < 2; r++)
+                for (int64_t s = 0; s < 4 && m0 + s < M; s++)
+                    store(p->out, out_bf16, (m0 + s) * N + rows[r],
+                          result[r][s] + exception_sum(w, rows[r], in->natural + (m0 + s) * K));
+        }
+    }
+    for (int64_t n = a + 2 * per; n < b; n++) {
         for (int64_t m0 = 0; m0 < M; m0 += 4) {
             float result[1][4];
             wide_1row_4acts(w, &n, m0, in->widened, result);
