@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
-from typing import Literal, Protocol
+from typing import Literal
 
 from PIL import Image
 
@@ -118,17 +118,6 @@ def merge_band_blocks(bands: Sequence[Band], blocks_per_band: Sequence[Sequence[
         previous = shifted
         merged.extend(shifted)
     return merged
-
-
-class HasBlocks(Protocol):
-    """A parsed band output (e.g. :func:`docconv.postprocess.parse_page`'s result)."""
-
-    blocks: list[Block]
-
-
-def merge_band_pages(bands: Sequence[Band], pages: Sequence[HasBlocks]) -> list[Block]:
-    """:func:`merge_band_blocks` over parsed band outputs."""
-    return merge_band_blocks(bands, [page.blocks for page in pages])
 
 
 def _shift_block(block: Block, band: Band) -> Block:

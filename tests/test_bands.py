@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from docconv.bands import band_sizes, merge_band_blocks, merge_band_pages, merge_band_texts, split_into_bands
+from docconv.bands import band_sizes, merge_band_blocks, merge_band_texts, split_into_bands
 from docconv.document import Block
 from docconv.postprocess import parse_page
 
@@ -144,7 +144,7 @@ def test_parsed_band_outputs_stitch_into_one_page() -> None:
     parsed = [
         parse_page(raw, band.image.width, band.image.height) for raw, band in ((raw1, first), (raw2, second))
     ]
-    merged = merge_band_pages(bands[:2], parsed)
+    merged = merge_band_blocks(bands[:2], [page.blocks for page in parsed])
     assert [block.text for block in merged] == ["Shop 42", "Coffee 7.50", "TOTAL 7.50"]
     assert all(merged[i].bboxes[0][1] < merged[i + 1].bboxes[0][1] for i in range(2))
 
