@@ -18,10 +18,11 @@ from typing import Annotated, NoReturn
 import typer
 from typer.core import TyperGroup
 
+from deepseek_ocr.modes import MODES
 from docconv import __version__, writers
 from docconv.config import config_app, settings_or_exit
 from docconv.doctor import doctor as run_doctor
-from docconv.engine import MODES, EngineError, EngineOptions
+from docconv.engines.base import EngineError, EngineOptions
 from docconv.inputs import STDIN, read_list, resolve_inputs
 from docconv.models_cli import models_app
 from docconv.output import JsonOption

@@ -26,8 +26,8 @@ from typing import Any
 import platformdirs
 import typer
 
+from deepseek_ocr.modes import MODES
 from docconv import writers
-from docconv.engine import MODES
 from docconv.output import JsonOption, print_table
 
 if sys.version_info >= (3, 11):

@@ -155,7 +155,7 @@ def _call(module: Any, function: str, describe: Callable[[Any], str]) -> str:
 
 def _plan_rows(settings: Settings) -> Iterator[Row]:
     """What ``docconv`` with the current settings would run on."""
-    engine = _optional_module("docconv.deepseek_engine")
+    engine = _optional_module("docconv.engines.deepseek")
     plan_runtime = getattr(engine, "plan_runtime", None)
     yield "model", settings.model
     if plan_runtime is None:

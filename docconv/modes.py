@@ -17,16 +17,17 @@ from typing import Literal, Protocol
 import numpy as np
 from PIL import Image
 
+from deepseek_ocr.modes import MODES
 from docconv.bands import band_sizes
-from docconv.engine import MODES, VisionBudget
+from docconv.engines.base import VisionBudget
 
-MODE_ORDER: tuple[str, ...] = MODES
+MODE_ORDER: tuple[str, ...] = tuple(MODES)  # in increasing cost
 AUTO = "auto"
 
 #: Tiny and Small stretch the page to a square; the paper's OmniDocBench errors for them are
 #: 2-3x Base's on dense document types (spec §13.3), while Fox (§13.2) shows >=98.5% precision
 #: for them only up to ~7x. So they must meet half the ratio limit, on nearly square pages.
-STRETCHED_MODES: frozenset[str] = frozenset({"tiny", "small"})
+STRETCHED_MODES: frozenset[str] = frozenset(name for name, mode in MODES.items() if mode.stretched)
 STRETCHED_RATIO_SHARE = 0.5
 STRETCHED_MAX_ASPECT = 1.5
 
@@ -62,7 +63,7 @@ ModeSource = Literal["requested", "text-layer", "image-estimate"]
 
 
 class BudgetSource(Protocol):
-    """The part of :class:`docconv.engine.Engine` mode choice needs."""
+    """The part of :class:`docconv.engines.base.Engine` mode choice needs."""
 
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget: ...
 

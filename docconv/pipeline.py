@@ -25,7 +25,8 @@ from PIL import Image
 
 from docconv import bands, postprocess, writers
 from docconv.document import Document, Page
-from docconv.engine import Engine, EngineError, EngineOptions, EngineOutput, PageJob, create_engine
+from docconv.engines import create_engine
+from docconv.engines.base import Engine, EngineError, EngineOptions, EngineOutput, PageJob
 from docconv.fsutil import TEMP_MARKER, atomic_write_text
 from docconv.inputs import InputDocument, InputError
 from docconv.journal import Journal, bytes_identity, file_identity, fingerprint, journal_path

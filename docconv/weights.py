@@ -56,7 +56,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from docconv.engine import EngineError
+from docconv.engines.base import EngineError
 from docconv.fsutil import atomic_write_text
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"

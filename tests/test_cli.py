@@ -12,9 +12,8 @@ from typer.testing import CliRunner
 
 import docconv
 from docconv.cli import app
-from docconv.engine import MODES
 from docconv.fsutil import TEMP_MARKER
-from docconv.modes import next_larger_mode
+from docconv.modes import MODE_ORDER, next_larger_mode
 
 from .helpers import engine_args, make_image, make_pdf, make_tiff
 
@@ -88,7 +87,7 @@ def test_pages_selects_pages_and_json_reports_them(tmp_path: Path, tiny: list[st
     assert document["page_count"] == 6
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODE_ORDER)
 def test_every_mode_reads_the_page_in_that_mode(tmp_path: Path, tiny: list[str], mode: str) -> None:
     # Both sides <= 640: the tiled modes read a single global view, which keeps this test fast.
     image = make_image(tmp_path / "p.png", size=(500, 600))
@@ -111,7 +110,7 @@ def test_auto_mode_uses_the_text_layer_and_picks_cheaper_modes_for_sparse_pages(
     result = invoke(pdf, "-o", out, "--mode", "auto", "--format", "json", *tiny)
     assert result.exit_code == 0, result.stderr
     sparse_page, dense_page = pages_of(out)
-    assert MODES.index(sparse_page["mode"]) <= MODES.index(dense_page["mode"])
+    assert MODE_ORDER.index(sparse_page["mode"]) <= MODE_ORDER.index(dense_page["mode"])
 
 
 def test_json_output_matches_the_documented_schema(tmp_path: Path, tiny: list[str]) -> None:
@@ -253,7 +252,7 @@ def test_corpus_documents_convert(corpus_root: Path, tmp_path: Path, tiny: list[
     assert result.exit_code == 0, result.stderr
     for path in inputs:
         (page,) = pages_of(tmp_path / "out" / (path.stem + ".json"))
-        assert page["mode"] in MODES and page["width"] > 0
+        assert page["mode"] in MODE_ORDER and page["width"] > 0
 
 
 def test_tables_need_an_output_path(tmp_path: Path, tiny: list[str]) -> None:

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from docconv import pipeline
 from docconv.cli import app
-from docconv.deepseek_engine import DeepseekOcrEngine
-from docconv.engine import PageJob
+from docconv.engines.base import PageJob
+from docconv.engines.deepseek import DeepseekOcrEngine
 from docconv.journal import journal_path
 
 from .helpers import engine_args, make_image
@@ -208,7 +208,7 @@ def test_an_unexpected_error_while_loading_the_engine_is_exit_3_in_one_line(
     def refuse(*args: object, **kwargs: object) -> None:
         raise RuntimeError(ONEDNN_ERROR)
 
-    monkeypatch.setattr("docconv.deepseek_engine.load_model", refuse)
+    monkeypatch.setattr("docconv.engines.deepseek.load_model", refuse)
     monkeypatch.setattr(pipeline, "_ENGINES", {})  # load anew, with the failure
     result = invoke(portrait_image(tmp_path / "a.png"), "-o", tmp_path / "a.md", *tiny)
     assert result.exit_code == 3
@@ -221,7 +221,7 @@ def test_an_unexpected_error_while_loading_the_engine_is_exit_3_in_one_line(
 FAILING_DOCCONV = """
 import sys
 from docconv.cli import main
-from docconv.deepseek_engine import DeepseekOcrEngine
+from docconv.engines.deepseek import DeepseekOcrEngine
 
 original = DeepseekOcrEngine._generate_batch
 

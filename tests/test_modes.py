@@ -11,7 +11,7 @@ import pymupdf
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from docconv.engine import VisionBudget
+from docconv.engines.base import VisionBudget
 from docconv.modes import MODE_ORDER, estimate_text_tokens, next_larger_mode, resolve_mode
 
 LETTER_144DPI = (1224, 1584)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from docconv.engine import Engine, EngineOptions, EngineOutput, PageJob, TokenCallback, VisionBudget
+from docconv.engines.base import Engine, EngineOptions, EngineOutput, PageJob, TokenCallback, VisionBudget
 from docconv.inputs import resolve_inputs
 from docconv.pipeline import TASK_PROMPTS, ConvertOptions, Pipeline, load_engine
 from docconv.progress import Reporter

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from docconv import weights
-from docconv.engine import EngineError
+from docconv.engines.base import EngineError
 
 from .fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
 

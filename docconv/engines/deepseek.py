@@ -1,4 +1,4 @@
-"""The DeepSeek-OCR engine: docconv's :class:`~docconv.engine.Engine` over the native model package."""
+"""The DeepSeek-OCR engine: docconv's :class:`~docconv.engines.base.Engine` over the native model package."""
 
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ from deepseek_ocr import (
     plan_runtime,
     sam,
 )
+from deepseek_ocr.generation_settings import REPEATABLE_TOKENS
 from deepseek_ocr.loading import codes_bfloat16, load_config, return_freed_memory
-
-from .engine import (
-    ENGINE_FACTORIES,
+from docconv.engines.base import (
     EngineError,
     EngineOptions,
     EngineOutput,
@@ -33,10 +32,7 @@ from .engine import (
     VisionBudget,
 )
 
-log = logging.getLogger("docconv.engine")
-
-#: Table cells legitimately repeat; the official recipe exempts them from the repetition guard.
-_REPEATABLE_TOKENS = ("<td>", "</td>")
+log = logging.getLogger("docconv.engines.base")
 
 
 def resolve_checkpoint(options: EngineOptions) -> Path:
@@ -44,7 +40,7 @@ def resolve_checkpoint(options: EngineOptions) -> Path:
     local = Path(options.model).expanduser()
     if local.is_dir():
         return local
-    from .weights import resolve_model
+    from docconv.weights import resolve_model
 
     return Path(resolve_model(options.model, offline=options.offline))
 
@@ -79,7 +75,7 @@ class DeepseekOcrEngine:
             log.info(
                 "SAM's bfloat16 linears on torch: oneDNN's fused linear %s", sam.onednn_unavailable_reason
             )
-        self._exempt_ids = [self.processor.special_token_id(token) for token in _REPEATABLE_TOKENS]
+        self._exempt_ids = [self.processor.special_token_id(token) for token in REPEATABLE_TOKENS]
 
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:
         counts = self.processor.vision_budget(width, height, mode)
@@ -145,8 +141,6 @@ def _batches_by_settings(jobs: Sequence[PageJob]) -> dict[tuple, list[int]]:
     return groups
 
 
-def create_deepseek_engine(options: EngineOptions) -> DeepseekOcrEngine:
+def create_engine(options: EngineOptions) -> DeepseekOcrEngine:
+    """This module's entry in :data:`docconv.engines.ENGINES`."""
     return DeepseekOcrEngine(options)
-
-
-ENGINE_FACTORIES["deepseek-ocr"] = create_deepseek_engine

@@ -2,22 +2,23 @@
 
 An engine turns page images into raw model text. Everything about files, pages,
 modes and outputs stays on the docconv side; everything about tensors stays in the
-engine. A new engine (vLLM, a remote server, DeepSeek-OCR-2) is one new module that
-implements :class:`Engine` and registers itself in :data:`ENGINE_FACTORIES`.
+engine. The data here are plain values, so building a job or reading an output loads
+no model library.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from PIL import Image
 
-StopReason = Literal["eos", "max_tokens"]
+from deepseek_ocr.generation_settings import GenerationSettings, StopReason
+from deepseek_ocr.modes import DEFAULT_MAX_TILES
 
-#: Resolution modes in increasing cost (vision tokens). ``auto`` is resolved by docconv, never sent here.
-MODES: tuple[str, ...] = ("tiny", "small", "base", "large", "gundam", "gundam-master")
+#: The model's own defaults (token limit, repetition guard); the CLI shows the same ones.
+DEFAULT_GENERATION = GenerationSettings()
 
 
 class EngineError(RuntimeError):
@@ -34,7 +35,7 @@ class EngineOptions:
     attn: str = "auto"  # auto | sdpa | flash
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     offline: bool = False
-    max_tiles: int = 9
+    max_tiles: int = DEFAULT_MAX_TILES  # most tiles per page in the gundam modes
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,11 @@ class PageJob:
     """One page image to read. ``image`` is RGB with orientation already applied."""
 
     image: Image.Image
-    mode: str
+    mode: str  # one of deepseek_ocr.modes.MODES; ``auto`` is resolved by docconv, never sent here
     prompt: str  # the full prompt, including the leading "<image>\n"
-    max_new_tokens: int = 8192
-    ngram_size: int = 30
-    ngram_window: int = 90
+    max_new_tokens: int = DEFAULT_GENERATION.max_new_tokens
+    ngram_size: int = DEFAULT_GENERATION.ngram_size
+    ngram_window: int = DEFAULT_GENERATION.ngram_window
 
 
 @dataclass(frozen=True)
@@ -96,20 +97,3 @@ class Engine(Protocol):
     def generate(self, jobs: Sequence[PageJob], on_token: TokenCallback | None = None) -> list[EngineOutput]:
         """Read several pages in one batch; outputs are in the order of ``jobs``."""
         ...
-
-
-EngineFactory = Callable[[EngineOptions], Engine]
-
-#: name -> factory. Engines register themselves on import (see docconv.deepseek_engine).
-ENGINE_FACTORIES: dict[str, EngineFactory] = {}
-
-
-def create_engine(options: EngineOptions, kind: str = "deepseek-ocr") -> Engine:
-    """Build the engine ``kind``; raises :class:`EngineError` when it cannot start."""
-    if kind not in ENGINE_FACTORIES:
-        import docconv.deepseek_engine  # noqa: F401  (registers the default engine)
-    try:
-        factory = ENGINE_FACTORIES[kind]
-    except KeyError:
-        raise EngineError(f"unknown engine {kind!r}; known: {', '.join(sorted(ENGINE_FACTORIES))}") from None
-    return factory(options)
