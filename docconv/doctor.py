@@ -119,10 +119,10 @@ def _bfloat16_support(torch: Any, cuda: bool) -> str:
 
 
 def _cache_rows() -> Iterator[Row]:
-    weights = _optional_module("docconv.weights")
-    yield "weights cache", _call(weights, "cache_dir", str)
-    yield "hugging face cache", _call(weights, "huggingface_cache_dir", str)
-    yield "cached models", _call(weights, "list_models", _describe_cached)
+    store = _optional_module("docconv.models.store")
+    yield "weights cache", _call(store, "cache_dir", str)
+    yield "hugging face cache", _call(store, "huggingface_cache_dir", str)
+    yield "cached models", _call(_optional_module("docconv.models.manage"), "list_models", _describe_cached)
 
 
 def _describe_cached(listings: list[Any]) -> str:
@@ -188,9 +188,9 @@ def _local_model_dir(model: str) -> Path | None:
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    weights = _optional_module("docconv.weights")
+    store = _optional_module("docconv.models.store")
     try:
-        record = weights.get_record(model)
+        record = store.get_record(model)
     except Exception:  # noqa: BLE001 - not cached, or no weights module: nothing to read
         return None
     return record.directory if record.directory.is_dir() else None

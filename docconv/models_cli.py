@@ -15,15 +15,11 @@ from typing import Annotated, NoReturn
 import typer
 from rich import filesize
 
-from docconv import weights
+from docconv.models import hub, manage
+from docconv.models.errors import CorruptDownloadError, ModelDirectoryError, ModelNotFoundError, WeightsError
+from docconv.models.registry import DEFAULT_MODEL, REGISTRY
+from docconv.models.store import cache_dir, get_record
 from docconv.output import JsonOption, print_table
-from docconv.weights import (
-    DEFAULT_MODEL,
-    CorruptDownloadError,
-    ModelDirectoryError,
-    ModelNotFoundError,
-    WeightsError,
-)
 
 ModelIdArg = Annotated[str, typer.Argument(help="Model id, e.g. deepseek-ai/DeepSeek-OCR.")]
 
@@ -67,7 +63,7 @@ def list_command(as_json: JsonOption = False) -> None:
     Piped, one model per line: id, revision, size, path, verified, licence and note, tab-separated.
     """
     try:
-        listings = weights.list_models()
+        listings = manage.list_models()
     except WeightsError as error:
         _fail(error)
     rows = [
@@ -77,7 +73,7 @@ def list_command(as_json: JsonOption = False) -> None:
     print_table(
         LIST_COLUMNS,
         rows,
-        title=f"docconv models ({weights.cache_dir()})",
+        title=f"docconv models ({cache_dir()})",
         as_json=as_json,
         json_data=[asdict(row) for row in listings],
     )
@@ -91,11 +87,11 @@ def download_command(
 ) -> None:
     """Download a model (or re-fetch its missing/corrupted files), with progress on stderr."""
     try:
-        record = weights.download_model(model_id, revision, progress=not quiet)
+        record = hub.download_model(model_id, revision, progress=not quiet)
     except WeightsError as error:
         _fail(error)
     typer.echo(f"{record.id} @ {record.commit} ready in {record.path}", err=True)
-    known = weights.REGISTRY.get(model_id)
+    known = REGISTRY.get(model_id)
     if known is not None and not known.runnable:
         typer.echo(f"note: {model_id} ({known.family}) cannot be run by docconv's engine yet", err=True)
 
@@ -104,7 +100,7 @@ def download_command(
 def path_command(model_id: ModelIdArg = DEFAULT_MODEL) -> None:
     """Print only the directory of a cached or imported model (for scripts)."""
     try:
-        typer.echo(weights.get_record(model_id).path)
+        typer.echo(get_record(model_id).path)
     except WeightsError as error:
         _fail(error)
 
@@ -113,7 +109,7 @@ def path_command(model_id: ModelIdArg = DEFAULT_MODEL) -> None:
 def verify_command(model_id: ModelIdArg = DEFAULT_MODEL) -> None:
     """Re-hash every file against the hashes recorded at download; exit 1 on any mismatch."""
     try:
-        report = weights.verify_model(model_id)
+        report = manage.verify_model(model_id)
     except WeightsError as error:
         _fail(error)
     if report.ok:
@@ -129,7 +125,7 @@ def verify_command(model_id: ModelIdArg = DEFAULT_MODEL) -> None:
 def rm_command(model_id: Annotated[str, typer.Argument(help="Model id as shown by `models list`.")]) -> None:
     """Forget a model and delete the files docconv downloaded or copied for it."""
     try:
-        record = weights.remove_model(model_id)
+        record = manage.remove_model(model_id)
     except WeightsError as error:
         _fail(error)
     kept = record.source != "hub" and not record.copied
@@ -144,7 +140,7 @@ def import_command(
 ) -> None:
     """Register a hand-copied checkpoint so conversions find it offline."""
     try:
-        record = weights.import_model(directory, as_id, copy=copy)
+        record = manage.import_model(directory, as_id, copy=copy)
     except WeightsError as error:
         _fail(error)
     typer.echo(f"imported {record.id} from {record.path} ({len(record.files)} files hashed)")

@@ -70,7 +70,7 @@ def test_impossible_device_is_reported_not_raised(isolated: Path, monkeypatch: p
 def test_cached_model_is_listed_and_its_config_read(
     isolated: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from docconv.weights import import_model
+    from docconv.models.manage import import_model
 
     import_model(tiny_model_dir, as_id="test/tiny-ocr")
     monkeypatch.setenv("DOCCONV_MODEL", "test/tiny-ocr")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from docconv import weights
+from docconv.models import manage, registry, store
+from docconv.models.hub import partial_dir
 from docconv.models_cli import LIST_COLUMNS, models_app
 
 from .fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
@@ -23,7 +24,7 @@ from .fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_th
 TINY_ID = "docconv-test/tiny-ocr"
 MODELS_ENTRY = "from docconv.models_cli import models_app; models_app()"
 #: What a conversion does before loading the engine: turn --model into a checkpoint directory.
-RESOLVE_ENTRY = "import sys; from docconv.weights import resolve_model; print(resolve_model(sys.argv[1]))"
+RESOLVE_ENTRY = "import sys; from docconv.models.resolve import resolve_model; print(resolve_model(sys.argv[1]))"
 
 
 @pytest.fixture
@@ -80,13 +81,13 @@ def test_download_shows_progress_on_stderr_and_path_prints_only_the_directory(hu
 
     path = invoke("path", TINY_ID)
     assert path.exit_code == 0
-    assert path.stdout == weights.load_records()[TINY_ID].path + "\n"
+    assert path.stdout == store.load_records()[TINY_ID].path + "\n"
     assert (Path(path.stdout.strip()) / "config.json").is_file()
 
 
 def test_list_shows_revision_size_path_and_verified(hub: FakeHub) -> None:
     invoke("download", TINY_ID, "--quiet")
-    record = weights.load_records()[TINY_ID]
+    record = store.load_records()[TINY_ID]
 
     listing = invoke("list")
 
@@ -94,14 +95,14 @@ def test_list_shows_revision_size_path_and_verified(hub: FakeHub) -> None:
     rows = {line.split("\t")[0]: line.split("\t") for line in listing.stdout.splitlines()}
     assert all(len(row) == len(LIST_COLUMNS) for row in rows.values())
     assert rows[TINY_ID] == [TINY_ID, record.commit[:12], "2.3 MB", record.path, "yes", "-", "hub"]
-    assert rows[weights.DEFAULT_MODEL] == [
-        weights.DEFAULT_MODEL, "main", "6.7 GB", "-", "not downloaded", "MIT", "known"
+    assert rows[registry.DEFAULT_MODEL] == [
+        registry.DEFAULT_MODEL, "main", "6.7 GB", "-", "not downloaded", "MIT", "known"
     ]
 
 
 def test_list_json_is_a_list_of_records_with_raw_values(hub: FakeHub) -> None:
     invoke("download", TINY_ID, "--quiet")
-    record = weights.load_records()[TINY_ID]
+    record = store.load_records()[TINY_ID]
 
     listing = invoke("list", "--json")
 
@@ -111,14 +112,14 @@ def test_list_json_is_a_list_of_records_with_raw_values(hub: FakeHub) -> None:
     assert all(list(model) == keys for model in models.values())
     assert models[TINY_ID]["path"] == record.path and models[TINY_ID]["verified"] == "yes"
     assert models[TINY_ID]["size_bytes"] == sum(file.size for file in record.files.values())
-    assert models[weights.DEFAULT_MODEL]["path"] is None
-    assert models[weights.DEFAULT_MODEL]["size_bytes"] == 6_672_212_480
+    assert models[registry.DEFAULT_MODEL]["path"] is None
+    assert models[registry.DEFAULT_MODEL]["size_bytes"] == 6_672_212_480
 
 
 def test_piped_list_keeps_long_ids_on_one_line_for_grep(cache_env: dict[str, str], tiny_model_dir: Path) -> None:
     """`docconv models list | grep ID` in a real shell pipe, at the default width (no COLUMNS)."""
     long_id = "local/a-site-model-id-far-longer-than-an-80-column-table-column"
-    weights.import_model(tiny_model_dir, as_id=long_id)
+    manage.import_model(tiny_model_dir, as_id=long_id)
     env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
     command = f"{shlex.quote(sys.executable)} -m docconv models list | grep -F "
     for wanted in (long_id, "deepseek-community/DeepSeek-OCR-2"):
@@ -133,7 +134,7 @@ def test_piped_list_keeps_long_ids_on_one_line_for_grep(cache_env: dict[str, str
 def test_verify_exit_codes_follow_a_flipped_byte_and_download_repairs_it(hub: FakeHub) -> None:
     invoke("download", TINY_ID, "--quiet")
     assert invoke("verify", TINY_ID).exit_code == 0
-    blob = (Path(weights.load_records()[TINY_ID].path) / "model.safetensors").resolve()
+    blob = (Path(store.load_records()[TINY_ID].path) / "model.safetensors").resolve()
     data = bytearray(blob.read_bytes())
     data[100] ^= 0x01
     blob.write_bytes(bytes(data))
@@ -211,7 +212,7 @@ def test_process_downloads_once_then_a_conversion_resolves_without_network(hub: 
 
     code, out, err = finish(run_process(TINY_ID, entry=RESOLVE_ENTRY))
     assert code == 0, err
-    assert out.strip() == weights.load_records()[TINY_ID].path
+    assert out.strip() == store.load_records()[TINY_ID].path
     assert hub.requests == []
 
 
@@ -252,8 +253,8 @@ def test_a_killed_download_resumes_where_it_stopped(hub: FakeHub, tiny_model_dir
 def wait_for_partial_file(size: int) -> Path:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for part in weights.partial_dir().rglob("*.part"):
+        for part in partial_dir().rglob("*.part"):
             if part.stat().st_size >= size:
                 return part
         time.sleep(0.05)
-    raise AssertionError(f"no partial download of {size} bytes appeared under {weights.partial_dir()}")
+    raise AssertionError(f"no partial download of {size} bytes appeared under {partial_dir()}")

@@ -31,18 +31,19 @@ from docconv.engines.base import (
     TokenCallback,
     VisionBudget,
 )
+from docconv.models.errors import WeightsError
+from docconv.models.resolve import resolve_model
 
-log = logging.getLogger("docconv.engines.base")
+log = logging.getLogger("docconv.engines.deepseek")
 
 
 def resolve_checkpoint(options: EngineOptions) -> Path:
-    """A local checkpoint directory as is; a hub id through the weight cache (downloading if allowed)."""
-    local = Path(options.model).expanduser()
-    if local.is_dir():
-        return local
-    from docconv.weights import resolve_model
-
-    return Path(resolve_model(options.model, offline=options.offline))
+    """The checkpoint directory of ``options.model``: a checked local directory, or a hub id
+    through the weight cache (downloading it if allowed)."""
+    try:
+        return resolve_model(options.model, offline=options.offline)
+    except WeightsError as error:
+        raise EngineError(str(error)) from None
 
 
 class DeepseekOcrEngine:

@@ -1,4 +1,4 @@
-"""docconv.weights against a real HTTP hub on 127.0.0.1 serving the tiny checkpoint."""
+"""docconv.models (the weight cache) against a real HTTP hub on 127.0.0.1 serving the tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from docconv import weights
-from docconv.engines.base import EngineError
+from docconv.engines import create_engine
+from docconv.engines.base import EngineError, EngineOptions
+from docconv.models import errors, manage, registry, resolve, store
+from docconv.models.hub import download_model
 
-from .fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
+from ..fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
 
 TINY_ID = "docconv-test/tiny-ocr"
 
@@ -48,19 +50,19 @@ def flip_middle_byte(path: Path) -> None:
 def test_first_resolve_downloads_each_file_once_and_the_second_makes_no_request(
     hub: FakeHub, tiny_model_dir: Path
 ) -> None:
-    first = weights.resolve_model(TINY_ID, progress=False)
+    first = resolve.resolve_model(TINY_ID, progress=False)
 
     for source in tiny_model_dir.iterdir():
         assert (first / source.name).read_bytes() == source.read_bytes()
         assert len(hub.full_file_gets(source.name)) == 1
     hub.clear_requests()
 
-    assert weights.resolve_model(TINY_ID, progress=False) == first
+    assert resolve.resolve_model(TINY_ID, progress=False) == first
     assert hub.requests == []
 
 
 def test_resolve_shows_download_progress_on_stderr(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
-    weights.resolve_model(TINY_ID)
+    resolve.resolve_model(TINY_ID)
 
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -69,14 +71,14 @@ def test_resolve_shows_download_progress_on_stderr(hub: FakeHub, capsys: pytest.
 
 
 def test_download_pins_the_commit_and_records_hub_hashes(hub: FakeHub) -> None:
-    record = weights.download_model(TINY_ID, progress=False)
+    record = download_model(TINY_ID, progress=False)
 
     repo = hub.state.repos[TINY_ID]
     assert record.commit == repo.commit
     assert record.files["model.safetensors"].algo == "sha256"
     assert record.files["model.safetensors"].digest == repo.etag("model.safetensors")
     assert record.files["config.json"].algo == "git-sha1"
-    assert weights.load_records()[TINY_ID].verified is True
+    assert store.load_records()[TINY_ID].verified is True
 
 
 def test_download_resumes_with_a_range_request_after_the_connection_drops(
@@ -86,7 +88,7 @@ def test_download_resumes_with_a_range_request_after_the_connection_drops(
     hub.add_repo(FakeRepo("docconv-test/big", files))
     hub.state.drop_once["model.safetensors"] = HF_DOWNLOAD_CHUNK + 1024 * 1024
 
-    path = weights.resolve_model("docconv-test/big", progress=False)
+    path = resolve.resolve_model("docconv-test/big", progress=False)
 
     gets = hub.file_gets("model.safetensors")
     assert len(gets) == 2
@@ -96,30 +98,30 @@ def test_download_resumes_with_a_range_request_after_the_connection_drops(
 
 
 def test_verify_catches_a_flipped_byte_and_download_refetches_only_that_file(hub: FakeHub) -> None:
-    path = weights.resolve_model(TINY_ID, progress=False)
+    path = resolve.resolve_model(TINY_ID, progress=False)
     flip_middle_byte((path / "model.safetensors").resolve())
 
-    report = weights.verify_model(TINY_ID)
+    report = manage.verify_model(TINY_ID)
     assert report.mismatched == ["model.safetensors"]
-    assert weights.load_records()[TINY_ID].verified is False
+    assert store.load_records()[TINY_ID].verified is False
 
     hub.clear_requests()
-    weights.download_model(TINY_ID, progress=False)
+    download_model(TINY_ID, progress=False)
     assert len(hub.full_file_gets("model.safetensors")) == 1
     assert hub.full_file_gets("config.json") == []
-    assert weights.verify_model(TINY_ID).ok
+    assert manage.verify_model(TINY_ID).ok
 
 
 def test_a_file_corrupted_in_transit_is_rejected_and_deleted(hub: FakeHub) -> None:
     hub.state.corrupt.add("model.safetensors")
 
-    with pytest.raises(weights.CorruptDownloadError, match="model.safetensors"):
-        weights.download_model(TINY_ID, progress=False)
-    snapshot = weights.hub_cache_dir() / f"models--{TINY_ID.replace('/', '--')}" / "snapshots"
+    with pytest.raises(errors.CorruptDownloadError, match="model.safetensors"):
+        download_model(TINY_ID, progress=False)
+    snapshot = store.hub_cache_dir() / f"models--{TINY_ID.replace('/', '--')}" / "snapshots"
     assert not list(snapshot.rglob("model.safetensors"))
 
     hub.state.corrupt.clear()
-    assert weights.download_model(TINY_ID, progress=False).verified is True
+    assert download_model(TINY_ID, progress=False).verified is True
 
 
 @pytest.mark.parametrize("how", ["argument", "HF_HUB_OFFLINE"])
@@ -129,37 +131,43 @@ def test_offline_without_a_cached_copy_names_download_and_import(
     if how == "HF_HUB_OFFLINE":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    with pytest.raises(weights.ModelUnavailableError) as caught:
-        weights.resolve_model(TINY_ID, offline=how == "argument", progress=False)
+    with pytest.raises(errors.ModelUnavailableError) as caught:
+        resolve.resolve_model(TINY_ID, offline=how == "argument", progress=False)
 
     message = str(caught.value)
     assert "\n" not in message
     assert f"docconv models download {TINY_ID}" in message
     assert f"docconv models import <dir> --as {TINY_ID}" in message
-    assert isinstance(caught.value, EngineError)
+    assert not isinstance(caught.value, EngineError)  # the cache serves `docconv models` as well as engines
+    assert hub.requests == []
+
+
+def test_an_engine_reports_weights_it_cannot_get_as_its_start_up_failure(hub: FakeHub) -> None:
+    with pytest.raises(EngineError, match=f"docconv models download {TINY_ID}"):
+        create_engine(EngineOptions(model=TINY_ID, offline=True))
     assert hub.requests == []
 
 
 def test_offline_after_a_download_uses_the_cache(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = weights.resolve_model(TINY_ID, progress=False)
+    path = resolve.resolve_model(TINY_ID, progress=False)
     hub.clear_requests()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    assert weights.resolve_model(TINY_ID, offline=True, progress=False) == path
+    assert resolve.resolve_model(TINY_ID, offline=True, progress=False) == path
     assert hub.requests == []
 
 
 def test_unreachable_hub_is_a_model_unavailable_error(hub: FakeHub) -> None:
     hub.stop()
 
-    with pytest.raises(weights.ModelUnavailableError, match="hub unreachable") as caught:
-        weights.resolve_model(TINY_ID, progress=False)
+    with pytest.raises(errors.ModelUnavailableError, match="hub unreachable") as caught:
+        resolve.resolve_model(TINY_ID, progress=False)
     assert "docconv models import" in str(caught.value)
 
 
 def test_unknown_hub_model_is_not_found(hub: FakeHub) -> None:
-    with pytest.raises(weights.ModelNotFoundError, match="docconv-test/missing"):
-        weights.download_model("docconv-test/missing", progress=False)
+    with pytest.raises(errors.ModelNotFoundError, match="docconv-test/missing"):
+        download_model("docconv-test/missing", progress=False)
 
 
 def test_not_enough_disk_space_is_refused_before_any_file_transfer(
@@ -170,10 +178,10 @@ def test_not_enough_disk_space_is_refused_before_any_file_transfer(
     def nearly_full(path: str) -> object:
         return real_usage(path)._replace(free=1_000_000)
 
-    monkeypatch.setattr(weights.shutil, "disk_usage", nearly_full)
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
 
-    with pytest.raises(weights.ModelUnavailableError, match=r"needs 0\.00 GB, 0\.00 GB free"):
-        weights.download_model(TINY_ID, progress=False)
+    with pytest.raises(errors.ModelUnavailableError, match=r"needs 0\.00 GB, 0\.00 GB free"):
+        download_model(TINY_ID, progress=False)
     assert hub.full_file_gets("model.safetensors") == []
 
 
@@ -183,25 +191,25 @@ def test_import_registers_a_hand_copied_directory_for_offline_use(
     copied = weights_env / "usb-stick" / "DeepSeek-OCR"
     shutil.copytree(tiny_model_dir, copied)
 
-    record = weights.import_model(copied, as_id=TINY_ID)
+    record = manage.import_model(copied, as_id=TINY_ID)
 
     assert record.files["model.safetensors"].digest == sha256(tiny_model_dir / "model.safetensors")
-    assert weights.resolve_model(TINY_ID, offline=True, progress=False) == copied
+    assert resolve.resolve_model(TINY_ID, offline=True, progress=False) == copied
     assert hub.requests == []
-    assert weights.verify_model(TINY_ID).ok
+    assert manage.verify_model(TINY_ID).ok
     flip_middle_byte(copied / "tokenizer.json")
-    assert weights.verify_model(TINY_ID).mismatched == ["tokenizer.json"]
+    assert manage.verify_model(TINY_ID).mismatched == ["tokenizer.json"]
 
 
 def test_import_with_copy_survives_removal_of_the_original(tiny_model_dir: Path, weights_env: Path) -> None:
     original = weights_env / "original"
     shutil.copytree(tiny_model_dir, original)
 
-    record = weights.import_model(original, as_id="site/ocr", copy=True)
+    record = manage.import_model(original, as_id="site/ocr", copy=True)
     shutil.rmtree(original)
 
-    assert weights.resolve_model("site/ocr", offline=True) == Path(record.path)
-    weights.remove_model("site/ocr")
+    assert resolve.resolve_model("site/ocr", offline=True) == Path(record.path)
+    manage.remove_model("site/ocr")
     assert not Path(record.path).exists()
 
 
@@ -210,8 +218,8 @@ def test_import_rejects_a_directory_without_config(tiny_model_dir: Path, weights
     shutil.copytree(tiny_model_dir, broken)
     (broken / "config.json").unlink()
 
-    with pytest.raises(weights.ModelDirectoryError, match="broken has no config.json"):
-        weights.import_model(broken)
+    with pytest.raises(errors.ModelDirectoryError, match="broken has no config.json"):
+        manage.import_model(broken)
 
 
 def test_import_rejects_truncated_safetensors(tiny_model_dir: Path, weights_env: Path) -> None:
@@ -219,52 +227,52 @@ def test_import_rejects_truncated_safetensors(tiny_model_dir: Path, weights_env:
     shutil.copytree(tiny_model_dir, broken)
     (broken / "model.safetensors").write_bytes(b"\x10\x00")
 
-    with pytest.raises(weights.ModelDirectoryError, match="unreadable model.safetensors"):
-        weights.import_model(broken)
+    with pytest.raises(errors.ModelDirectoryError, match="unreadable model.safetensors"):
+        manage.import_model(broken)
 
 
 def test_existing_huggingface_cache_is_reused_without_downloading(hub: FakeHub) -> None:
     from huggingface_hub import snapshot_download
 
-    hf_snapshot = Path(snapshot_download(TINY_ID, cache_dir=weights.huggingface_cache_dir(), endpoint=hub.url))
+    hf_snapshot = Path(snapshot_download(TINY_ID, cache_dir=store.huggingface_cache_dir(), endpoint=hub.url))
     hub.clear_requests()
 
-    assert weights.resolve_model(TINY_ID, progress=False) == hf_snapshot
+    assert resolve.resolve_model(TINY_ID, progress=False) == hf_snapshot
     assert hub.requests == []
-    assert weights.verify_model(TINY_ID).ok
+    assert manage.verify_model(TINY_ID).ok
 
 
 def test_local_directory_is_returned_as_is(tiny_model_dir: Path, weights_env: Path) -> None:
-    assert weights.resolve_model(str(tiny_model_dir), offline=True) == tiny_model_dir
+    assert resolve.resolve_model(str(tiny_model_dir), offline=True) == tiny_model_dir
     empty = weights_env / "empty"
     empty.mkdir()
-    with pytest.raises(weights.ModelDirectoryError, match="has no config.json"):
-        weights.resolve_model(str(empty))
-    with pytest.raises(weights.ModelDirectoryError, match="does not exist"):
-        weights.resolve_model(str(weights_env / "nowhere"))
+    with pytest.raises(errors.ModelDirectoryError, match="has no config.json"):
+        resolve.resolve_model(str(empty))
+    with pytest.raises(errors.ModelDirectoryError, match="does not exist"):
+        resolve.resolve_model(str(weights_env / "nowhere"))
 
 
 def test_remove_deletes_only_that_models_files(hub: FakeHub, tiny_model_dir: Path) -> None:
     hub.add_repo(FakeRepo.from_directory("docconv-test/other", tiny_model_dir))
-    removed = weights.resolve_model(TINY_ID, progress=False)
-    kept = weights.resolve_model("docconv-test/other", progress=False)
+    removed = resolve.resolve_model(TINY_ID, progress=False)
+    kept = resolve.resolve_model("docconv-test/other", progress=False)
 
-    weights.remove_model(TINY_ID)
+    manage.remove_model(TINY_ID)
 
     assert not removed.exists()
-    assert TINY_ID not in weights.load_records()
+    assert TINY_ID not in store.load_records()
     hub.clear_requests()
-    assert weights.resolve_model("docconv-test/other", offline=True) == kept
+    assert resolve.resolve_model("docconv-test/other", offline=True) == kept
     assert hub.requests == []
 
 
 def test_list_shows_downloaded_and_known_models(hub: FakeHub) -> None:
-    weights.download_model(TINY_ID, progress=False)
+    download_model(TINY_ID, progress=False)
 
-    rows = {row.id: row for row in weights.list_models()}
+    rows = {row.id: row for row in manage.list_models()}
 
     assert rows[TINY_ID].verified == "yes"
-    assert rows[TINY_ID].size_bytes == sum(r.size for r in weights.load_records()[TINY_ID].files.values())
-    assert rows[weights.DEFAULT_MODEL].verified == "not downloaded"
-    assert rows[weights.DEFAULT_MODEL].size_bytes == 6_672_212_480
+    assert rows[TINY_ID].size_bytes == sum(r.size for r in store.load_records()[TINY_ID].files.values())
+    assert rows[registry.DEFAULT_MODEL].verified == "not downloaded"
+    assert rows[registry.DEFAULT_MODEL].size_bytes == 6_672_212_480
     assert "not yet runnable" in rows["deepseek-community/DeepSeek-OCR-2"].note
