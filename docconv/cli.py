@@ -23,13 +23,13 @@ from docconv import __version__, writers
 from docconv.config import config_app, settings_or_exit
 from docconv.doctor import doctor as run_doctor
 from docconv.engines.base import EngineError, EngineOptions
-from docconv.inputs import STDIN, read_list, resolve_inputs
 from docconv.models_cli import models_app
 from docconv.output import JsonOption
-from docconv.pages import parse_pages
 from docconv.pipeline import TASK_PROMPTS, ConvertOptions, Pipeline
 from docconv.progress import Reporter
 from docconv.rerender import RerenderError, rerender_files
+from docconv.sources.inputs import STDIN, read_list, resolve_inputs
+from docconv.sources.selection import parse_pages
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1

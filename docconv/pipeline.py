@@ -28,12 +28,13 @@ from docconv.document import Document, Page
 from docconv.engines import create_engine
 from docconv.engines.base import Engine, EngineError, EngineOptions, EngineOutput, PageJob
 from docconv.fsutil import TEMP_MARKER, atomic_write_text
-from docconv.inputs import InputDocument, InputError
 from docconv.journal import Journal, bytes_identity, file_identity, fingerprint, journal_path
 from docconv.modes import AUTO, next_larger_mode, resolve_mode
-from docconv.pages import DEFAULT_MODE, PageSelection, PageSource, dpi_for, open_document, select_pages
 from docconv.progress import Reporter, RunSummary
 from docconv.rerender import RAW_SUFFIX, write_raw_file
+from docconv.sources.inputs import InputDocument, InputError
+from docconv.sources.pages import DEFAULT_MODE, PageSource, dpi_for, open_document
+from docconv.sources.selection import PageSelection, select_pages
 
 log = logging.getLogger("docconv.pipeline")
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import pymupdf
 from PIL import Image, ImageDraw
 
+from docconv.sources.inputs import resolve_inputs
+from docconv.sources.pages import PageSource, open_document
+
 A6_POINTS = (298, 420)
 
 
@@ -69,3 +72,9 @@ def make_tiff(path: Path, frames: int = 3, size: tuple[int, int] = (120, 160)) -
 def engine_args(model_dir: Path, max_tokens: int = 2) -> list[str]:
     """CLI flags that run the real engine on a tiny fixture checkpoint, fast (it rarely emits EOS)."""
     return ["--model", str(model_dir), "--device", "cpu", "--max-tokens", str(max_tokens)]
+
+
+def open_path(path: Path, password: str | None = None) -> PageSource:
+    """A file opened for rendering as a conversion opens it (typed by content)."""
+    (document,) = resolve_inputs([str(path)]).documents
+    return open_document(document, password)

@@ -148,7 +148,7 @@ def test_the_sources_are_actually_scanned() -> None:
     ("drop", "from_extra", "expected"),
     [
         ("httpx2", None, "docconv/models/hub.py:"),  # a direct import
-        ("pymupdf", None, "docconv/pages.py:"),  # import name = distribution name
+        ("pymupdf", None, "docconv/sources/pages.py:"),  # import name = distribution name
         ("pillow", None, "imports PIL (pillow)"),  # import name != distribution name
         ("flash-attn", "gpu", "model/loading.py:"),  # an optional import and its extra
     ],

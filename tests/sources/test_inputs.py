@@ -7,9 +7,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from docconv.inputs import InputError, read_list, resolve_inputs, sniff_type
+from docconv.sources.inputs import InputError, read_list, resolve_inputs, sniff_type
 
-from .helpers import make_image, make_pdf, make_tiff
+from ..helpers import make_image, make_pdf, make_tiff
 
 
 def test_type_comes_from_content_not_extension(tmp_path: Path) -> None:

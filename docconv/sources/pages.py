@@ -1,35 +1,31 @@
-"""From a typed input to page images, one page at a time.
+"""From a typed input to page images, one page at a time: docconv's one loader of PDFs and images.
 
 PDFs are rendered with PyMuPDF page by page (a 2,000-page PDF never sits in memory as
 images), at a DPI chosen so the page's long side matches what the mode will use, so
 small modes do not pay for rendering pixels the model throws away. Images are opened
 with Pillow: EXIF orientation applied, every TIFF frame a page, 16-bit/CMYK/transparent
-pixels converted to plain 8-bit RGB on white.
+pixels converted to plain 8-bit RGB on white. Conversion and ``docconv rerender`` (which crops
+figures from the source again) both read pages through :func:`open_document`.
 """
 
 from __future__ import annotations
 
 import io
-import re
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import pymupdf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from docconv.inputs import InputDocument, InputError
+from deepseek_ocr.modes import MODES
+from docconv.sources.inputs import InputDocument, InputError
 
+#: A portrait page in a tiled mode is cut into 2x3 tiles: its long side spans three tiles.
+TILES_ALONG_LONG_SIDE = 3
 #: Long side in pixels a page needs for each mode: the native square for the single-view
-#: modes, three tiles for the tiled modes (a portrait page is cut into 2x3 tiles).
+#: modes, three tiles for the tiled modes.
 MODE_LONG_SIDE: dict[str, int] = {
-    "tiny": 512,
-    "small": 640,
-    "base": 1024,
-    "large": 1280,
-    "gundam": 3 * 640,
-    "gundam-master": 3 * 1024,
+    name: mode.tile_size * (TILES_ALONG_LONG_SIDE if mode.crop_mode else 1) for name, mode in MODES.items()
 }
 #: DPI used when the mode is not known before rendering (auto mode, image-only page).
 DEFAULT_MODE = "gundam"
@@ -58,8 +54,8 @@ class PageSource(Protocol):
         """The embedded text of a PDF page, or None when the page has none."""
         ...
 
-    def render(self, index: int, dpi: int | None) -> Image.Image:
-        """The page as an RGB image, upright."""
+    def render(self, index: int, dpi: float | None) -> Image.Image:
+        """The page as an RGB image, upright (``dpi`` applies to PDFs; None: the default mode's)."""
         ...
 
     def close(self) -> None: ...
@@ -106,7 +102,7 @@ class PdfSource:
         text = self._pdf[index].get_text("text").strip()
         return text or None
 
-    def render(self, index: int, dpi: int | None) -> Image.Image:
+    def render(self, index: int, dpi: float | None) -> Image.Image:
         page = self._pdf[index]
         width, height = self.page_size_points(index)
         chosen = dpi or dpi_for(DEFAULT_MODE, width, height)
@@ -181,7 +177,7 @@ class ImageSource:
     def text_layer(self, index: int) -> str | None:
         return None
 
-    def render(self, index: int, dpi: int | None) -> Image.Image:
+    def render(self, index: int, dpi: float | None) -> Image.Image:
         if index:
             self._check_size(index)
         self._image.seek(index)
@@ -219,71 +215,3 @@ def _high_bit_depth_to_l(image: Image.Image) -> Image.Image:
         alpha = image.convert("I").point(lambda value: 0 if value == transparency else 255).convert("L")
         scaled = Image.merge("LA", (scaled, alpha))
     return scaled
-
-
-# ---------------------------------------------------------------- --pages
-
-
-@dataclass(frozen=True)
-class PageRange:
-    start: int | None  # 1-based, negative counts from the end, None = first page
-    end: int | None  # inclusive; None = last page (open range) or same as start (single page)
-    is_range: bool
-
-
-@dataclass(frozen=True)
-class PageSelection:
-    """A parsed ``--pages`` value such as ``1-3,7,-1``."""
-
-    ranges: tuple[PageRange, ...]
-
-    def indices(self, page_count: int) -> list[int]:
-        """0-based page indices selected in a document of ``page_count`` pages, in page order."""
-        chosen: set[int] = set()
-        for item in self.ranges:
-            first = _absolute(item.start, page_count, default=1)
-            last = _absolute(item.end, page_count, default=page_count) if item.is_range else first
-            chosen.update(range(max(first, 1), min(last, page_count) + 1))
-        return [number - 1 for number in sorted(chosen)]
-
-
-def _absolute(number: int | None, page_count: int, default: int) -> int:
-    if number is None:
-        return default
-    return page_count + 1 + number if number < 0 else number
-
-
-def parse_pages(spec: str) -> PageSelection:
-    """Parse ``--pages``; raises ValueError with a usage message on bad syntax."""
-    ranges = tuple(_parse_item(item.strip(), spec) for item in spec.split(",") if item.strip())
-    if not ranges:
-        raise ValueError(f"--pages {spec!r} selects nothing; use e.g. 1-3,7,-1")
-    return PageSelection(ranges)
-
-
-def _parse_item(item: str, spec: str) -> PageRange:
-    # "-3" is the third page from the end, not an open range; "1-3", "-3--1", "5-" are ranges.
-    match = re.fullmatch(r"(-?\d+)", item)
-    if match:
-        return PageRange(_nonzero(int(item), spec), None, is_range=False)
-    match = re.fullmatch(r"(-?\d+)?-(-?\d+)?", item)
-    if not match or (match.group(1) is None and match.group(2) is None):
-        raise ValueError(f"--pages {spec!r}: cannot read {item!r}; use e.g. 1-3,7,-1")
-    start, end = (None if group is None else _nonzero(int(group), spec) for group in match.groups())
-    return PageRange(start, end, is_range=True)
-
-
-def _nonzero(number: int, spec: str) -> int:
-    if number == 0:
-        raise ValueError(f"--pages {spec!r}: pages are numbered from 1 (and -1 is the last)")
-    return number
-
-
-def select_pages(source: PageSource, selection: PageSelection | None) -> Sequence[int]:
-    """The page indices to convert; raises InputError when the selection misses the document."""
-    if selection is None:
-        return range(source.page_count)
-    indices = selection.indices(source.page_count)
-    if not indices:
-        raise InputError(f"--pages selects none of its {source.page_count} pages; adjust --pages")
-    return indices

@@ -1,4 +1,4 @@
-"""Page rendering: DPI per mode, --pages, passwords, rotation, EXIF, TIFF frames, odd pixels, bad files."""
+"""Page rendering: DPI per mode, passwords, rotation, EXIF, TIFF frames, odd pixels, bad files."""
 
 from __future__ import annotations
 
@@ -7,46 +7,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from docconv.inputs import InputError, resolve_inputs
-from docconv.pages import MAX_DPI, MIN_DPI, dpi_for, open_document, parse_pages, select_pages, to_rgb
+from docconv.sources.inputs import InputError
+from docconv.sources.pages import MAX_DPI, MIN_DPI, dpi_for, to_rgb
 
-from .helpers import make_image, make_pdf, make_tiff
-
-
-def _open(path: Path, password: str | None = None):
-    (document,) = resolve_inputs([str(path)]).documents
-    return open_document(document, password)
-
-
-@pytest.mark.parametrize(
-    ("spec", "count", "expected"),
-    [
-        ("1-3,7,-1", 10, [0, 1, 2, 6, 9]),
-        ("-3--1", 5, [2, 3, 4]),
-        ("5-", 6, [4, 5]),
-        ("-2", 5, [3]),
-        ("2,2,1", 3, [0, 1]),
-        ("1-100", 3, [0, 1, 2]),
-    ],
-)
-def test_page_selection(spec: str, count: int, expected: list[int]) -> None:
-    assert parse_pages(spec).indices(count) == expected
-
-
-@pytest.mark.parametrize("spec", ["0", "a", "1-x", "-", "1--", ","])
-def test_bad_page_selection_is_a_usage_error(spec: str) -> None:
-    with pytest.raises(ValueError, match="--pages"):
-        parse_pages(spec)
-
-
-def test_selection_outside_the_document_is_an_input_error(tmp_path: Path) -> None:
-    source = _open(make_pdf(tmp_path / "a.pdf", pages=2))
-    with pytest.raises(InputError, match="selects none of its 2 pages"):
-        select_pages(source, parse_pages("5"))
+from ..helpers import make_image, make_pdf, make_tiff, open_path
 
 
 def test_pdf_is_rendered_at_the_modes_resolution(tmp_path: Path) -> None:
-    source = _open(make_pdf(tmp_path / "a.pdf", pages=1, size=(612, 792)))
+    source = open_path(make_pdf(tmp_path / "a.pdf", pages=1, size=(612, 792)))
     width, height = source.page_size_points(0)
     image = source.render(0, dpi_for("base", width, height))
     assert abs(max(image.size) - 1024) <= 20
@@ -59,18 +27,18 @@ def test_dpi_is_clamped() -> None:
 
 
 def test_explicit_dpi_wins(tmp_path: Path) -> None:
-    source = _open(make_pdf(tmp_path / "a.pdf", pages=1, size=(72, 144)))
+    source = open_path(make_pdf(tmp_path / "a.pdf", pages=1, size=(72, 144)))
     assert source.render(0, 100).size == (100, 200)
 
 
 def test_rotate_attribute_is_honoured(tmp_path: Path) -> None:
-    source = _open(make_pdf(tmp_path / "r.pdf", pages=1, size=(200, 400), rotate=90))
+    source = open_path(make_pdf(tmp_path / "r.pdf", pages=1, size=(200, 400), rotate=90))
     image = source.render(0, 72)
     assert image.width > image.height
 
 
 def test_text_layer_is_extracted(tmp_path: Path) -> None:
-    source = _open(make_pdf(tmp_path / "t.pdf", pages=2, texts=["alpha beta", " "]))
+    source = open_path(make_pdf(tmp_path / "t.pdf", pages=2, texts=["alpha beta", " "]))
     assert source.text_layer(0) == "alpha beta"
     assert source.text_layer(1) is None
 
@@ -78,20 +46,20 @@ def test_text_layer_is_extracted(tmp_path: Path) -> None:
 def test_encrypted_pdf_needs_the_right_password(tmp_path: Path) -> None:
     path = make_pdf(tmp_path / "e.pdf", pages=1, password="s3cret")
     with pytest.raises(InputError, match="pass --password"):
-        _open(path)
+        open_path(path)
     with pytest.raises(InputError, match="password is wrong"):
-        _open(path, "nope")
-    assert _open(path, "s3cret").page_count == 1
+        open_path(path, "nope")
+    assert open_path(path, "s3cret").page_count == 1
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
-    source = _open(make_image(tmp_path / "e.jpg", size=(200, 100), exif_orientation=6))
+    source = open_path(make_image(tmp_path / "e.jpg", size=(200, 100), exif_orientation=6))
     assert source.page_size_points(0) == (100.0, 200.0)
     assert source.render(0, None).size == (100, 200)
 
 
 def test_every_tiff_frame_is_a_page(tmp_path: Path) -> None:
-    source = _open(make_tiff(tmp_path / "t.tiff", frames=3))
+    source = open_path(make_tiff(tmp_path / "t.tiff", frames=3))
     assert source.page_count == 3
     shades = [source.render(i, None).getpixel((0, 0)) for i in range(3)]
     assert shades == [(0, 0, 0), (40, 40, 40), (80, 80, 80)]
@@ -99,7 +67,7 @@ def test_every_tiff_frame_is_a_page(tmp_path: Path) -> None:
 
 def test_tiny_image_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="too small"):
-        _open(make_image(tmp_path / "dot.png", size=(1, 1)))
+        open_path(make_image(tmp_path / "dot.png", size=(1, 1)))
 
 
 def test_sixteen_bit_pixels_are_scaled_not_clipped() -> None:
@@ -129,7 +97,7 @@ def test_cmyk_becomes_rgb() -> None:
 )
 def test_corpus_bad_inputs_give_clear_errors(corpus_root: Path, name: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
-        _open(corpus_root / "bad-inputs" / name)
+        open_path(corpus_root / "bad-inputs" / name)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +105,7 @@ def test_corpus_bad_inputs_give_clear_errors(corpus_root: Path, name: str, messa
     [("docling_2206.01062_pg3_encrypted.pdf", "1234"), ("pypdf_r6-user-password.pdf", "asdfzxcv")],
 )
 def test_corpus_encrypted_pdfs_open_with_their_password(corpus_root: Path, name: str, password: str) -> None:
-    source = _open(corpus_root / "bad-inputs" / name, password)
+    source = open_path(corpus_root / "bad-inputs" / name, password)
     assert source.render(0, 72).mode == "RGB"
 
 
@@ -152,12 +120,12 @@ def test_corpus_encrypted_pdfs_open_with_their_password(corpus_root: Path, name:
     ],
 )
 def test_corpus_odd_but_valid_inputs_render_as_rgb(corpus_root: Path, name: str) -> None:
-    image = _open(corpus_root / "bad-inputs" / name).render(0, 72)
+    image = open_path(corpus_root / "bad-inputs" / name).render(0, 72)
     assert image.mode == "RGB" and min(image.size) > 0
 
 
 def test_corpus_transparent_text_stays_visible(corpus_root: Path) -> None:
     # Black glyphs on a transparent background: dropping alpha would give black on black.
-    image = _open(corpus_root / "bad-inputs" / "rapidocr_black_font_color_transparent.png").render(0, None)
+    image = open_path(corpus_root / "bad-inputs" / "rapidocr_black_font_color_transparent.png").render(0, None)
     colours = {colour for _, colour in image.convert("L").getcolors(maxcolors=1 << 20)}
     assert min(colours) < 64 and max(colours) > 192
