@@ -18,7 +18,7 @@ from typing import Literal
 
 from PIL import Image
 
-from docconv.document import BBox, Block
+from docconv.output.document import BBox, Block
 
 #: Longest band side per short side. The paper's tiling grids (1x2, 2x3) favour 1:1.5..1:2.
 MAX_BAND_ASPECT = 2.0

@@ -19,15 +19,16 @@ import typer
 from typer.core import TyperGroup
 
 from deepseek_ocr.modes import MODES
-from docconv import __version__, writers
+from docconv import __version__
 from docconv.config import config_app, settings_or_exit
 from docconv.doctor import doctor as run_doctor
 from docconv.engines.base import EngineError, EngineOptions
+from docconv.listing import JsonOption
 from docconv.models_cli import models_app
-from docconv.output import JsonOption
+from docconv.output import options as output_options
+from docconv.output.rerender import RerenderError, rerender_files
 from docconv.pipeline import TASK_PROMPTS, ConvertOptions, Pipeline
 from docconv.progress import Reporter
-from docconv.rerender import RerenderError, rerender_files
 from docconv.sources.inputs import STDIN, read_list, resolve_inputs
 from docconv.sources.selection import parse_pages
 
@@ -74,9 +75,9 @@ app.add_typer(models_app, name="models")
 
 Mode = Enum("Mode", {name: name for name in ("auto", *MODES)}, type=str)  # type: ignore[misc]
 Task = Enum("Task", {name: name for name in TASK_PROMPTS}, type=str)  # type: ignore[misc]
-Format = Enum("Format", {name: name for name in writers.FORMATS}, type=str)  # type: ignore[misc]
-TablesFormat = Enum("TablesFormat", {name: name for name in writers.TABLE_FORMATS}, type=str)  # type: ignore[misc]
-RenderTask = Enum("RenderTask", {name: name for name in writers.TASKS}, type=str)  # type: ignore[misc]
+Format = Enum("Format", {name: name for name in output_options.FORMATS}, type=str)  # type: ignore[misc]
+TablesFormat = Enum("TablesFormat", {name: name for name in output_options.TABLE_FORMATS}, type=str)  # type: ignore[misc]
+RenderTask = Enum("RenderTask", {name: name for name in output_options.TASKS}, type=str)  # type: ignore[misc]
 
 
 def _version(value: bool) -> None:
@@ -398,7 +399,7 @@ def convert(
         selection = parse_pages(pages) if pages else None
     except ValueError as error:
         usage_error(str(error))
-    render = writers.RenderOptions(
+    render = output_options.RenderOptions(
         format=fmt,
         tables_format=settings.tables_format,
         keep_headers=settings.keep_headers,
@@ -466,7 +467,7 @@ def _format(requested: Enum | None, output: Path | None, default: str) -> str:
     if requested is not None:
         return requested.value
     suffix = output.suffix.lower() if output else ""
-    by_suffix = {ext: name for name, ext in writers.EXTENSIONS.items()}
+    by_suffix = {ext: name for name, ext in output_options.EXTENSIONS.items()}
     return by_suffix.get(suffix, default)
 
 
@@ -476,12 +477,12 @@ def _output_is_dir(output: Path | None, wants_dir: bool, several: bool, fmt: str
     if wants_dir or output.is_dir():
         return True
     if several:
-        if output.exists() or output.suffix.lower() in writers.EXTENSIONS.values():
+        if output.exists() or output.suffix.lower() in output_options.EXTENSIONS.values():
             usage_error(f"-o {output}: several inputs need an output directory, not a file")
         return True
-    if output.suffix.lower() != writers.EXTENSIONS[fmt]:
+    if output.suffix.lower() != output_options.EXTENSIONS[fmt]:
         usage_error(
-            f"-o {output}: a file output for --format {fmt} must end in {writers.EXTENSIONS[fmt]} "
+            f"-o {output}: a file output for --format {fmt} must end in {output_options.EXTENSIONS[fmt]} "
             "(or end -o with / for a directory)"
         )
     return False
@@ -558,11 +559,11 @@ def rerender(
     ] = None,
 ) -> None:
     """Re-run post-processing and the writers on saved raw model output, without the model."""
-    options = writers.RenderOptions(
+    options = output_options.RenderOptions(
         format=output_format.value,
         tables_format=tables_format.value,
         keep_headers=keep_headers,
-        page_separator=page_separator if page_separator is not None else writers.DEFAULT_PAGE_SEPARATOR,
+        page_separator=page_separator if page_separator is not None else output_options.DEFAULT_PAGE_SEPARATOR,
         task=task.value,
         tables_csv=tables,
     )

@@ -27,8 +27,8 @@ import platformdirs
 import typer
 
 from deepseek_ocr.modes import MODES
-from docconv import writers
-from docconv.output import JsonOption, print_table
+from docconv.listing import JsonOption, print_table
+from docconv.output import options as output_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,7 +72,7 @@ class Settings:
     dpi: int | None = None  # None: derived from the mode's resolution
     max_tiles: int = 9
     format: str = "md"
-    page_separator: str = writers.DEFAULT_PAGE_SEPARATOR
+    page_separator: str = output_options.DEFAULT_PAGE_SEPARATOR
     tables_format: str = "auto"
     keep_headers: bool = False
     #: key -> where its value came from: "default", "file", "env DOCCONV_X" or "command line".
@@ -124,8 +124,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "ngram_window": _at_least(1),
     "dpi": _at_least(36, 1200),
     "max_tiles": _at_least(2, 9),
-    "format": _one_of(*writers.FORMATS),
-    "tables_format": _one_of(*writers.TABLE_FORMATS),
+    "format": _one_of(*output_options.FORMATS),
+    "tables_format": _one_of(*output_options.TABLE_FORMATS),
 }
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.name != "sources")

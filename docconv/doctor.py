@@ -17,7 +17,7 @@ from typing import Any
 
 from docconv import __version__
 from docconv.config import Settings, config_path, settings_or_exit
-from docconv.output import json_key, print_table
+from docconv.listing import json_key, print_table
 
 UNKNOWN = "unknown"
 Row = tuple[str, str]
@@ -27,7 +27,7 @@ def doctor(as_json: bool = False) -> None:
     """Print the environment report on stdout (exit 2 on a broken config).
 
     A table on a terminal; piped, a ``check<TAB>result`` line per check; with ``as_json`` one
-    JSON object, each check's label as a key (:func:`~docconv.output.json_key`: ``would_use``).
+    JSON object, each check's label as a key (:func:`~docconv.listing.json_key`: ``would_use``).
     """
     settings = settings_or_exit()
     rows = list(report_rows(settings))

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from docconv.document import Page
 from docconv.fsutil import atomic_write_text
+from docconv.output.document import Page
 
 JOURNAL_VERSION = 1
 JOURNAL_SUFFIX = ".docconv-journal.jsonl"

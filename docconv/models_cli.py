@@ -15,11 +15,11 @@ from typing import Annotated, NoReturn
 import typer
 from rich import filesize
 
+from docconv.listing import JsonOption, print_table
 from docconv.models import hub, manage
 from docconv.models.errors import CorruptDownloadError, ModelDirectoryError, ModelNotFoundError, WeightsError
 from docconv.models.registry import DEFAULT_MODEL, REGISTRY
 from docconv.models.store import cache_dir, get_record
-from docconv.output import JsonOption, print_table
 
 ModelIdArg = Annotated[str, typer.Argument(help="Model id, e.g. deepseek-ai/DeepSeek-OCR.")]
 

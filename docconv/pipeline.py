@@ -23,15 +23,17 @@ from typing import TextIO
 
 from PIL import Image
 
-from docconv import bands, postprocess, writers
-from docconv.document import Document, Page
+from docconv import bands
 from docconv.engines import create_engine
 from docconv.engines.base import Engine, EngineError, EngineOptions, EngineOutput, PageJob
 from docconv.fsutil import TEMP_MARKER, atomic_write_text
 from docconv.journal import Journal, bytes_identity, file_identity, fingerprint, journal_path
 from docconv.modes import AUTO, next_larger_mode, resolve_mode
+from docconv.output import postprocess, writers
+from docconv.output.document import Document, Page
+from docconv.output.options import EXTENSIONS, RenderOptions
+from docconv.output.raw import RAW_SUFFIX, write_raw_file
 from docconv.progress import Reporter, RunSummary
-from docconv.rerender import RAW_SUFFIX, write_raw_file
 from docconv.sources.inputs import InputDocument, InputError
 from docconv.sources.pages import DEFAULT_MODE, PageSource, dpi_for, open_document
 from docconv.sources.selection import PageSelection, select_pages
@@ -66,7 +68,7 @@ class ConvertOptions:
     """Everything a run needs besides the inputs (built by the CLI from flags, env and config)."""
 
     engine: EngineOptions
-    render: writers.RenderOptions
+    render: RenderOptions
     output: Path | None = None  # None: stdout
     output_is_dir: bool = False
     mode: str = "auto"
@@ -145,7 +147,7 @@ def output_target(document: InputDocument, options: ConvertOptions) -> Path | No
         return None
     if not options.output_is_dir:
         return options.output
-    return options.output / (str(document.relative) + writers.EXTENSIONS[options.format])
+    return options.output / (str(document.relative) + EXTENSIONS[options.format])
 
 
 # ---------------------------------------------------------------- per-document state

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from docconv.document import Page
+from docconv.output.document import Page
 
 log = logging.getLogger("docconv")
 

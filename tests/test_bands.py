@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from docconv.bands import band_sizes, merge_band_blocks, merge_band_texts, split_into_bands
-from docconv.document import Block
-from docconv.postprocess import parse_page
+from docconv.output.document import Block
+from docconv.output.postprocess import parse_page
 
 
 def _receipt(width: int = 600, height: int = 6000) -> Image.Image:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from docconv.document import Block, Page
 from docconv.journal import Journal, fingerprint, journal_path
+from docconv.output.document import Block, Page
 
 
 def _page(number: int) -> Page:

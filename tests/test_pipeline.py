@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from docconv.engines.base import Engine, EngineOptions, EngineOutput, PageJob, TokenCallback, VisionBudget
+from docconv.output.options import RenderOptions
 from docconv.pipeline import TASK_PROMPTS, ConvertOptions, Pipeline, load_engine
 from docconv.progress import Reporter
 from docconv.sources.inputs import resolve_inputs
-from docconv.writers import RenderOptions
 
 from .helpers import make_image, make_pdf
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from docconv.document import Page
+from docconv.output.document import Page
 from docconv.progress import Reporter, RunSummary
 
 

@@ -143,6 +143,16 @@ def _stdin_document(stream: BinaryIO) -> InputDocument:
     return InputDocument(source=STDIN, path=None, relative=PurePosixPath("stdin"), kind=kind, data=data)
 
 
+def document_at(path: Path) -> InputDocument:
+    """One file, typed by its content (``docconv rerender`` reopening a source for its figures).
+
+    Raises :class:`InputError` when it cannot be read or is not a supported type.
+    """
+    if not path.is_file():
+        raise InputError("no such file; check the path")
+    return _file_document(path, str(path), PurePosixPath(path.stem))
+
+
 def _file_document(path: Path, source: str, relative: PurePosixPath) -> InputDocument:
     try:
         with path.open("rb") as handle:

@@ -2,14 +2,15 @@
 
 Accepted inputs:
 
-* docconv's own ``--keep-raw`` file ``<stem>.raw.json`` (see :func:`write_raw_file`);
+* docconv's own ``--keep-raw`` file ``<stem>.raw.json`` (see :mod:`docconv.output.raw`);
 * a plain text file with raw model output (``.raw.txt``, ``.raw.md``, the official
   ``X_det.mmd``), pages separated by the official ``<--- Page Split --->`` marker;
 * a DeepSeek-OCR web-UI JSON response with a ``raw_text`` field (and ``image_dims``).
 
 Figures are cropped when a page image is at hand: ``--image`` for a single page, or the
-source document (given, or recorded in the raw file and still on disk), re-rendered with
-PyMuPDF for PDFs. Without one the boxes stay in JSON and figures are not cropped.
+source document (given, or recorded in the raw file and still on disk), read through docconv's
+page loader as a conversion reads it. Without one the boxes stay in JSON and figures are not
+cropped.
 """
 
 from __future__ import annotations
@@ -20,65 +21,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from docconv.document import Document, Page
 from docconv.fsutil import atomic_write_text
-from docconv.postprocess import REASON_TOKEN_LIMIT, parse_page, split_raw_pages
-from docconv.writers import (
-    EXTENSIONS,
-    RenderOptions,
-    figure_location,
-    render_document,
-    save_figures,
-    write_tables_csv,
-)
+from docconv.output.document import Document, Page
+from docconv.output.options import EXTENSIONS, RenderOptions
+from docconv.output.postprocess import REASON_TOKEN_LIMIT, parse_page, split_raw_pages
+from docconv.output.raw import RAW_FORMAT, RAW_SUFFIX
+from docconv.output.writers import figure_location, render_document, save_figures, write_tables_csv
+from docconv.sources.inputs import InputError, document_at
+from docconv.sources.pages import PageSource, open_document
 
-RAW_FORMAT = "docconv-raw"
-RAW_VERSION = 1
-#: Suffix of the files ``--keep-raw`` writes next to the outputs.
-RAW_SUFFIX = ".raw.json"
+#: What a raw file may be called besides ``<stem>.raw.json`` (its output takes the stem).
 _RAW_SUFFIXES = (RAW_SUFFIX, ".raw.txt", ".raw.md", "_det.mmd", ".mmd", ".json", ".txt", ".md")
-_PDF_FALLBACK_ZOOM = 2.0  # 144 dpi when the raw file does not record the page size
-_PAGE_FIELDS = (
-    "number",
-    "width",
-    "height",
-    "mode",
-    "stop_reason",
-    "vision_tokens",
-    "valid_vision_tokens",
-    "text_tokens",
-    "seconds",
-    "retried",
-)
+#: 144 dpi when the raw file does not record the page size.
+_FALLBACK_DPI = 144
 
 
 class RerenderError(ValueError):
     """A raw file or page image that cannot be used; the message names the file and the fix."""
-
-
-# --------------------------------------------------------------------------- --keep-raw files
-
-
-def raw_record(page: Page, source: str) -> dict[str, Any]:
-    """What ``--keep-raw`` saves for one page: the raw text and what is needed to re-parse it."""
-    record: dict[str, Any] = {"source": source}
-    record.update({name: getattr(page, name) for name in _PAGE_FIELDS})
-    record["raw"] = page.raw
-    return record
-
-
-def write_raw_file(path: Path, doc: Document) -> None:
-    """Save every page's raw model output of ``doc`` (atomically) as a ``.raw.json`` file."""
-    data = {
-        "format": RAW_FORMAT,
-        "version": RAW_VERSION,
-        "source": doc.source,
-        "page_count": doc.page_count,
-        "pages": [raw_record(page, doc.source) for page in doc.pages],
-    }
-    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------- reading raw files
@@ -163,52 +124,53 @@ def _int(value: object) -> int:
 # --------------------------------------------------------------------------- page images
 
 
-def _open_image(path: Path, frame: int) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            if frame > getattr(image, "n_frames", 1):
-                raise RerenderError(f"{path}: has no page {frame}; give the image of that page with --image")
-            image.seek(frame - 1)
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, SyntaxError) as error:
-        raise RerenderError(
-            f"{path}: not a readable image ({error}); give a PNG, JPEG or TIFF page image"
-        ) from None
-
-
-def _render_pdf_page(path: Path, page: Page) -> Image.Image:
-    import pymupdf
-
-    try:
-        with pymupdf.open(path) as pdf:
-            if not 1 <= page.number <= pdf.page_count:
-                raise RerenderError(f"{path}: has no page {page.number}; give the matching source document")
-            pdf_page = pdf[page.number - 1]
-            zoom = page.width / pdf_page.rect.width if page.width > 0 else _PDF_FALLBACK_ZOOM
-            pixmap = pdf_page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False)
-            return Image.frombytes("RGB", (pixmap.width, pixmap.height), pixmap.samples)
-    except (pymupdf.FileDataError, RuntimeError) as error:
-        raise RerenderError(f"{path}: cannot render the PDF ({error}); give --image PAGE instead") from None
-
-
 def _page_images(
     doc: Document, image: Path | None, source_document: Path | None
 ) -> Iterator[Image.Image | None]:
-    """The image of each page, or None where there is none (one at a time, to bound memory)."""
+    """The image of each page, or None where there is none (one at a time, to bound memory).
+
+    Pages are read through docconv's one loader (:mod:`docconv.sources.pages`), as a conversion
+    reads them: EXIF orientation, TIFF frames and transparency are handled the same way.
+    """
     if image is not None and len(doc.pages) != 1:
         raise RerenderError(
             f"{doc.source}: --image needs a single-page raw input; give the source document instead"
         )
-    source = source_document or Path(doc.source)
-    for page in doc.pages:
-        if image is not None:
-            yield _open_image(image, 1)
-        elif source.is_file() and source.suffix.lower() == ".pdf":
-            yield _render_pdf_page(source, page)
-        elif source.is_file() and source.suffix.lower() in Image.registered_extensions():
-            yield _open_image(source, page.number)
-        else:
-            yield None
+    path = image or source_document or Path(doc.source)
+    source = _open_source(path, required=image is not None)
+    try:
+        for page in doc.pages:
+            yield None if source is None else _render(source, path, 1 if image is not None else page.number, page)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _open_source(path: Path, required: bool) -> PageSource | None:
+    """``path`` opened for rendering; None, unless ``required``, where it is missing or not a
+    document docconv reads (then figures are not cropped)."""
+    try:
+        document = document_at(path)
+    except InputError as error:
+        if not required:
+            return None
+        raise RerenderError(f"{path}: {error}; give the image of the page with --image") from None
+    try:
+        return open_document(document)
+    except InputError as error:
+        raise RerenderError(f"{path}: {error}; give --image PAGE instead") from None
+
+
+def _render(source: PageSource, path: Path, number: int, page: Page) -> Image.Image:
+    """Page ``number`` of ``source``, for PDFs at the size the raw file recorded for ``page``."""
+    if not 1 <= number <= source.page_count:
+        raise RerenderError(f"{path}: has no page {number}; give the matching source document or --image")
+    width_points, _ = source.page_size_points(number - 1)
+    dpi = 72 * page.width / width_points if page.width > 0 else _FALLBACK_DPI
+    try:
+        return source.render(number - 1, dpi)
+    except InputError as error:
+        raise RerenderError(f"{path}: {error}; give --image PAGE instead") from None
 
 
 # --------------------------------------------------------------------------- rerendering

@@ -15,6 +15,9 @@ SCHEMA_VERSION = "1.0"
 
 BBox = tuple[int, int, int, int]  # x1, y1, x2, y2 in page pixels
 
+#: Block types that repeat on every page (page furniture); renderers drop them by default.
+FURNITURE_TYPES = frozenset({"header", "footer", "page_number"})
+
 
 @dataclass
 class Table:

@@ -10,10 +10,12 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from docconv.document import Document, Page
-from docconv.postprocess import REASON_TOKEN_LIMIT, parse_page
-from docconv.rerender import RerenderError, load_raw, output_stem, raw_record, rerender_files, write_raw_file
-from docconv.writers import RenderOptions, render_document
+from docconv.output.document import Document, Page
+from docconv.output.options import RenderOptions
+from docconv.output.postprocess import REASON_TOKEN_LIMIT, parse_page
+from docconv.output.raw import raw_record, write_raw_file
+from docconv.output.rerender import RerenderError, load_raw, output_stem, rerender_files
+from docconv.output.writers import render_document
 
 FIGURE_PAGE = (
     "<|ref|>sub_title<|/ref|><|det|>[[100, 50, 900, 100]]<|/det|>\n## Results  \n\n"
@@ -120,6 +122,29 @@ def test_image_option_crops_figures_of_a_single_raw_page(tmp_path: Path) -> None
     figure = page["blocks"][1]
     assert figure["bboxes"] == [[200, 200, 400, 400]] and figure["image_path"] == "page_images/1_0.png"
     assert_mostly_red(tmp_path / "page_images" / "1_0.png")
+
+
+def test_figures_are_cropped_from_pages_read_as_a_conversion_reads_them(tmp_path: Path) -> None:
+    """One loader: a transparent page is flattened onto white, as the model saw it, not onto black."""
+    clear = Image.new("RGBA", (800, 800), (0, 0, 0, 0))
+    clear.paste((255, 0, 0, 255), (250, 250, 350, 350))
+    clear.save(tmp_path / "page.png")
+    raw_file = tmp_path / "page.raw.txt"
+    raw_file.write_text(FIGURE_PAGE, encoding="utf-8")
+    rerender_files([raw_file], tmp_path / "page.md", RenderOptions(), source_document=tmp_path / "page.png")
+    with Image.open(tmp_path / "page_images" / "1_0.png") as crop:
+        colours = dict((colour, count) for count, colour in crop.convert("RGB").getcolors(maxcolors=1 << 20))
+    assert (0, 0, 0) not in colours and colours[(255, 255, 255)] > colours[(255, 0, 0)] > 0
+
+
+def test_a_source_that_is_not_a_document_crops_nothing(tmp_path: Path) -> None:
+    raw_file = tmp_path / "page.raw.txt"
+    raw_file.write_text(FIGURE_PAGE, encoding="utf-8")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a page image", encoding="utf-8")
+    stderr = io.StringIO()
+    rerender_files([raw_file], tmp_path / "page.md", RenderOptions(), source_document=notes, stderr=stderr)
+    assert "figures not cropped" in stderr.getvalue()
 
 
 def test_without_an_image_figures_are_skipped_with_one_notice(tmp_path: Path) -> None:

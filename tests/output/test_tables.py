@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from docconv.tables import MAX_SPAN, parse_table, render_table, table_to_csv, table_to_markdown
+from docconv.output.tables import MAX_SPAN, parse_table, render_table, table_to_csv, table_to_markdown
 
 SPANNED = (
     '<table><tr><th rowspan="2">Name</th><th colspan="2">Score</th></tr>'

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from docconv.document import Page
-from docconv.postprocess import parse_page, split_raw_pages
-from docconv.rerender import rerender_files
-from docconv.writers import RenderOptions, render_page_markdown
+from docconv.output.document import Page
+from docconv.output.markdown import render_page_markdown
+from docconv.output.options import RenderOptions
+from docconv.output.postprocess import parse_page, split_raw_pages
+from docconv.output.rerender import rerender_files
 
-from .conftest import CORPUS, needs_shared
+from ..conftest import CORPUS, needs_shared
 
 RAW = CORPUS / "raw-outputs"
 SIMILARITY = 0.9

@@ -1,4 +1,4 @@
-"""Blocks -> Markdown or HTML, the way a person would write the page by hand.
+"""Blocks -> Markdown, the way a person would write the page by hand.
 
 Decisions (documented in docs/output-schema.md, "Markdown conventions"):
 
@@ -14,37 +14,20 @@ Decisions (documented in docs/output-schema.md, "Markdown conventions"):
 
 from __future__ import annotations
 
-import html
 import re
 
-from docconv.document import Block
-from docconv.tables import render_table
-
-#: Block types that repeat on every page and are dropped from the text by default.
-FURNITURE_TYPES = frozenset({"header", "footer", "page_number"})
+from docconv.output.document import FURNITURE_TYPES, Block, Document, Page
+from docconv.output.latex import convert_math, equation_body
+from docconv.output.options import RenderOptions
+from docconv.output.tables import render_table
 
 #: Tasks whose output is read line by line rather than as a laid-out document.
 LINE_TASKS = frozenset({"text", "handwriting"})
 
-_DISPLAY_MATH = re.compile(r"(?<!\\)\\\[(.*?)(?<!\\)\\\]", re.DOTALL)
-_INLINE_MATH = re.compile(r"(?<!\\)\\\((.*?)(?<!\\)\\\)", re.DOTALL)
-_LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+")
-
-
-def convert_math(text: str) -> str:
-    """LaTeX ``\\[..\\]`` / ``\\(..\\)`` delimiters -> ``$$..$$`` / ``$..$`` (the content is kept)."""
-    text = _DISPLAY_MATH.sub(lambda m: f"$${m.group(1).strip()}$$", text)
-    return _INLINE_MATH.sub(lambda m: f"${m.group(1).strip()}$" if m.group(1).strip() else "", text)
-
 
 def equation_markdown(text: str) -> str:
     """An equation block as a display-math paragraph."""
-    body = text.strip()
-    match = _DISPLAY_MATH.fullmatch(body) or _INLINE_MATH.fullmatch(body)
-    if match:
-        body = match.group(1).strip()
-    elif body.startswith("$$") and body.endswith("$$") and len(body) > 4:
-        body = body[2:-2].strip()
+    body = equation_body(text)
     return f"$$\n{body}\n$$" if body else ""
 
 
@@ -91,39 +74,24 @@ def line_by_line_markdown(blocks: list[Block], tables_format: str = "auto") -> s
     return "\n\n".join(parts)
 
 
-# --------------------------------------------------------------------------- HTML
+def render_page_markdown(page: Page, options: RenderOptions) -> str:
+    """One page as Markdown (``raw`` task: the model's text untouched)."""
+    if options.task == "raw":
+        return page.raw
+    if options.task in LINE_TASKS:
+        return line_by_line_markdown(page.blocks, options.tables_format)
+    return blocks_markdown(page.blocks, options.tables_format, options.keep_headers)
 
 
-def _text_html(text: str) -> str:
-    lines = [line for line in text.strip("\n").split("\n") if line.strip()]
-    if lines and all(_LIST_ITEM.match(line) for line in lines):
-        items = "".join(f"<li>{html.escape(_LIST_ITEM.sub('', line, count=1))}</li>" for line in lines)
-        return f"<ul>{items}</ul>"
-    return "<p>" + "<br>\n".join(html.escape(line) for line in lines) + "</p>" if lines else ""
+def _separator(options: RenderOptions, page: Page) -> str:
+    return options.page_separator.replace("{page}", str(page.number))
 
 
-def block_html(block: Block, keep_headers: bool = False) -> str:
-    """One block as an HTML fragment; LaTeX keeps its ``\\( \\)`` delimiters for MathJax/KaTeX."""
-    if block.type in FURNITURE_TYPES and not keep_headers:
-        return ""
-    if block.type in ("title", "sub_title"):
-        level = min(block.level or (1 if block.type == "title" else 2), 6)
-        return (
-            f"<h{level}>{html.escape(' '.join(block.text.split()))}</h{level}>" if block.text.strip() else ""
-        )
-    if block.type == "equation":
-        body = equation_markdown(block.text)[3:-3].strip()
-        return f'<div class="equation">\\[{html.escape(body)}\\]</div>' if body else ""
-    if block.type == "table" and block.table is not None:
-        return block.table.html
-    if block.type == "image":
-        caption = html.escape(block.caption or "")
-        image = f'<img src="{html.escape(block.image_path)}" alt="{caption}">' if block.image_path else ""
-        text = _text_html(block.text)
-        return f"<figure>{image}{text}</figure>" if image or text else ""
-    return _text_html(block.text)
-
-
-def blocks_html(blocks: list[Block], keep_headers: bool = False) -> str:
-    parts = (block_html(block, keep_headers) for block in blocks)
-    return "\n".join(part for part in parts if part)
+def render_markdown(doc: Document, options: RenderOptions) -> str:
+    """The whole document as Markdown, pages joined by ``options.page_separator``."""
+    parts: list[str] = []
+    for index, page in enumerate(doc.pages):
+        if index:
+            parts.append(_separator(options, page))
+        parts.append(render_page_markdown(page, options).strip("\n"))
+    return "".join(parts).strip("\n") + "\n"

@@ -1,4 +1,7 @@
-"""Serialise converted documents: Markdown, JSON, JSONL, HTML, table CSVs and figure crops.
+"""Write converted documents: the document in its format, table CSVs and figure crops.
+
+Markdown and HTML come from their renderers (:mod:`docconv.output.markdown`,
+:mod:`docconv.output.html`); JSON and JSONL are the document model's own dictionaries.
 
 Every file goes through :mod:`docconv.fsutil`, so an interrupted run never leaves a
 half-written output behind.
@@ -6,78 +9,17 @@ half-written output behind.
 
 from __future__ import annotations
 
-import html
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from docconv.document import SCHEMA_VERSION, BBox, Document, Page
 from docconv.fsutil import atomic_open, atomic_write_text
-from docconv.markdown import LINE_TASKS, blocks_html, blocks_markdown, line_by_line_markdown
-from docconv.tables import table_to_csv
-
-FORMATS = ("md", "json", "jsonl", "html")
-TABLE_FORMATS = ("auto", "md", "html")
-TASKS = ("markdown", "text", "handwriting", "figure", "describe", "raw")
-
-#: Put between pages of a Markdown document; ``{page}`` is the number of the page that follows.
-#: An HTML comment: invisible when rendered, easy to split on, no form feed or rule to clash with.
-DEFAULT_PAGE_SEPARATOR = "\n\n<!-- page {page} -->\n\n"
-
-#: File extension of each output format.
-EXTENSIONS = {"md": ".md", "json": ".json", "jsonl": ".jsonl", "html": ".html"}
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """How a document is turned into text."""
-
-    format: str = "md"  # md | json | jsonl | html
-    tables_format: str = "auto"  # auto (Markdown unless spans) | md | html
-    keep_headers: bool = False  # keep page headers, footers and page numbers
-    page_separator: str = DEFAULT_PAGE_SEPARATOR
-    task: str = "markdown"  # markdown | text | handwriting | figure | describe | raw
-    tables_csv: bool = False  # also write every table as CSV
-
-
-def render_page_markdown(page: Page, options: RenderOptions) -> str:
-    """One page as Markdown (``raw`` task: the model's text untouched)."""
-    if options.task == "raw":
-        return page.raw
-    if options.task in LINE_TASKS:
-        return line_by_line_markdown(page.blocks, options.tables_format)
-    return blocks_markdown(page.blocks, options.tables_format, options.keep_headers)
-
-
-def _separator(options: RenderOptions, page: Page) -> str:
-    return options.page_separator.replace("{page}", str(page.number))
-
-
-def render_markdown(doc: Document, options: RenderOptions) -> str:
-    parts: list[str] = []
-    for index, page in enumerate(doc.pages):
-        if index:
-            parts.append(_separator(options, page))
-        parts.append(render_page_markdown(page, options).strip("\n"))
-    return "".join(parts).strip("\n") + "\n"
-
-
-def render_html(doc: Document, options: RenderOptions) -> str:
-    """A standalone HTML page; math keeps its LaTeX delimiters for MathJax or KaTeX."""
-    sections = []
-    for page in doc.pages:
-        if options.task == "raw":
-            body = f"<pre>{html.escape(page.raw)}</pre>"
-        else:
-            body = blocks_html(page.blocks, options.keep_headers)
-        sections.append(f'<section class="page" data-page="{page.number}">\n{body}\n</section>')
-    title = html.escape(Path(doc.source).name or doc.source)
-    return (
-        '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{title}</title>\n</head>\n<body>\n" + "\n".join(sections) + "\n</body>\n</html>\n"
-    )
+from docconv.output.document import SCHEMA_VERSION, BBox, Document, Page
+from docconv.output.html import render_html
+from docconv.output.markdown import render_markdown
+from docconv.output.options import RenderOptions
+from docconv.output.tables import table_to_csv
 
 
 def render_document(doc: Document, options: RenderOptions) -> str:

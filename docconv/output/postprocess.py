@@ -27,8 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from docconv.document import BBox, Block
-from docconv.tables import parse_table
+from docconv.output.document import BBox, Block
+from docconv.output.tables import parse_table
 
 #: The official PDF script writes this between pages of ``X_det.mmd`` (spec §10.4).
 PAGE_SPLIT = "<--- Page Split --->"

@@ -11,16 +11,10 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from docconv.document import Document, Page
-from docconv.postprocess import parse_page
-from docconv.writers import (
-    DEFAULT_PAGE_SEPARATOR,
-    RenderOptions,
-    page_jsonl_line,
-    render_document,
-    save_figures,
-    write_tables_csv,
-)
+from docconv.output.document import Document, Page
+from docconv.output.options import DEFAULT_PAGE_SEPARATOR, RenderOptions
+from docconv.output.postprocess import parse_page
+from docconv.output.writers import page_jsonl_line, render_document, save_figures, write_tables_csv
 
 RAW_PAGE_1 = (
     "<|ref|>title<|/ref|><|det|>[[100, 50, 900, 100]]<|/det|>\n# Quarterly <report>  \n\n"

@@ -15,7 +15,7 @@ import io
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-from docconv.document import Table
+from docconv.output.document import Table
 
 #: A span larger than this is a model glitch, not a table; capping it keeps a
 #: ``colspan="99999999"`` from allocating a giant grid.

@@ -8,9 +8,11 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from docconv.document import Document, Page
-from docconv.postprocess import LABEL_TYPES, REASON_LOOP, parse_page
-from docconv.writers import RenderOptions, render_document, render_page_markdown
+from docconv.output.document import Document, Page
+from docconv.output.markdown import render_page_markdown
+from docconv.output.options import RenderOptions
+from docconv.output.postprocess import LABEL_TYPES, REASON_LOOP, parse_page
+from docconv.output.writers import render_document
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from docconv.document import Block, Page
-from docconv.markdown import block_markdown, convert_math, equation_markdown
-from docconv.postprocess import (
+from docconv.output.document import Block, Page
+from docconv.output.latex import convert_math
+from docconv.output.markdown import block_markdown, equation_markdown, render_page_markdown
+from docconv.output.options import RenderOptions
+from docconv.output.postprocess import (
     REASON_BOX,
     REASON_LOOP,
     REASON_TRUNCATED,
@@ -17,7 +19,6 @@ from docconv.postprocess import (
     parse_page,
     split_raw_pages,
 )
-from docconv.writers import RenderOptions, render_page_markdown
 
 
 def record(label: str, box: str, content: str = "") -> str:
