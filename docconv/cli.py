@@ -27,8 +27,9 @@ from docconv.listing import JsonOption
 from docconv.models_cli import models_app
 from docconv.output import options as output_options
 from docconv.output.rerender import RerenderError, rerender_files
-from docconv.pipeline import TASK_PROMPTS, ConvertOptions, Pipeline
-from docconv.progress import Reporter
+from docconv.run.options import TASK_PROMPTS, ConvertOptions
+from docconv.run.pipeline import Pipeline
+from docconv.run.progress import Reporter
 from docconv.sources.inputs import STDIN, read_list, resolve_inputs
 from docconv.sources.selection import parse_pages
 

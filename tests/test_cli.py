@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import docconv
 from docconv.cli import app
 from docconv.fsutil import TEMP_MARKER
-from docconv.modes import MODE_ORDER, next_larger_mode
+from docconv.run.modes import MODE_ORDER, next_larger_mode
 
 from .helpers import engine_args, make_image, make_pdf, make_tiff
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from docconv.fsutil import TEMP_MARKER
-from docconv.journal import journal_path
+from docconv.run.journal import journal_path
 
 from .helpers import engine_args, make_pdf
 

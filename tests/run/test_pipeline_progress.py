@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from docconv.output.document import Page
-from docconv.progress import Reporter, RunSummary
+from docconv.run.progress import Reporter, RunSummary
 
 
 class Terminal(io.StringIO):

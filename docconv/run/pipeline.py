@@ -23,36 +23,24 @@ from typing import TextIO
 
 from PIL import Image
 
-from docconv import bands
+from deepseek_ocr.prompts import GROUNDING_TOKEN
 from docconv.engines import create_engine
 from docconv.engines.base import Engine, EngineError, EngineOptions, EngineOutput, PageJob
 from docconv.fsutil import TEMP_MARKER, atomic_write_text
-from docconv.journal import Journal, bytes_identity, file_identity, fingerprint, journal_path
-from docconv.modes import AUTO, next_larger_mode, resolve_mode
 from docconv.output import postprocess, writers
 from docconv.output.document import Document, Page
-from docconv.output.options import EXTENSIONS, RenderOptions
+from docconv.output.options import EXTENSIONS
 from docconv.output.raw import RAW_SUFFIX, write_raw_file
-from docconv.progress import Reporter, RunSummary
+from docconv.run import bands
+from docconv.run.journal import Journal, bytes_identity, file_identity, fingerprint, journal_path
+from docconv.run.modes import AUTO, next_larger_mode, resolve_mode
+from docconv.run.options import ConvertOptions
+from docconv.run.progress import Reporter, RunSummary
 from docconv.sources.inputs import InputDocument, InputError
 from docconv.sources.pages import DEFAULT_MODE, PageSource, dpi_for, open_document
-from docconv.sources.selection import PageSelection, select_pages
+from docconv.sources.selection import select_pages
 
-log = logging.getLogger("docconv.pipeline")
-
-#: Exact prompts from the model card (spec §7.4); the model has no chat tuning, wording matters.
-#: The same strings as ``deepseek_ocr.TASK_PROMPTS`` (a test checks), copied so that the CLI
-#: starts without importing torch.
-TASK_PROMPTS: dict[str, str] = {
-    "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
-    "text": "<image>\nFree OCR.",
-    "figure": "<image>\nParse the figure.",
-    "describe": "<image>\nDescribe this image in detail.",
-}
-#: Handwriting is read without layout grounding: grounding makes the model re-flow lines into paragraphs.
-HANDWRITING_PROMPT = TASK_PROMPTS["text"]
-
-GROUNDING = "<|grounding|>"
+log = logging.getLogger("docconv.run.pipeline")
 
 #: Retry of a degraded page: n-gram guard this much tighter and its window this much wider.
 RETRY_NGRAM_DIVISOR = 2
@@ -61,56 +49,6 @@ RETRY_WINDOW_FACTOR = 2
 
 #: An exception's message is cut to this many characters in the one line that reports it.
 MAX_CAUSE_CHARS = 300
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """Everything a run needs besides the inputs (built by the CLI from flags, env and config)."""
-
-    engine: EngineOptions
-    render: RenderOptions
-    output: Path | None = None  # None: stdout
-    output_is_dir: bool = False
-    mode: str = "auto"
-    max_ratio: float = 10.0
-    dpi: int | None = None
-    pages: PageSelection | None = None
-    password: str | None = None
-    task: str = "markdown"
-    prompt: str | None = None
-    handwriting: bool = False
-    tables: bool = False
-    batch_size: int = 1
-    max_tokens: int = 8192
-    ngram: int = 30
-    ngram_window: int = 90
-    overwrite: bool = False
-    keep_raw: bool = False
-
-    @property
-    def format(self) -> str:
-        return self.render.format
-
-    def full_prompt(self) -> str:
-        """The prompt sent with every page: --prompt verbatim (with the image slot), else the task's."""
-        if self.prompt is not None:
-            return self.prompt if "<image>" in self.prompt else "<image>\n" + self.prompt
-        return HANDWRITING_PROMPT if self.handwriting else TASK_PROMPTS[self.task]
-
-    def result_options(self) -> dict[str, object]:
-        """Options that change a page's result: a journal written under others is not reused."""
-        return {
-            "model": self.engine.model,
-            "quant": self.engine.quant,
-            "dtype": self.engine.dtype,
-            "max_tiles": self.engine.max_tiles,
-            "mode": self.mode,
-            "max_ratio": self.max_ratio,
-            "dpi": self.dpi,
-            "prompt": self.full_prompt(),
-            "max_tokens": self.max_tokens,
-            "ngram": (self.ngram, self.ngram_window),
-        }
 
 
 # ---------------------------------------------------------------- engine
@@ -422,7 +360,7 @@ class Pipeline:
         """Blocks of the page; a banded page is stitched back with each overlap read once."""
         if len(outputs) == 1:
             return postprocess.parse_page(outputs[0].text, work.image.width, work.image.height)
-        if GROUNDING not in self.options.full_prompt():
+        if GROUNDING_TOKEN not in self.options.full_prompt():
             # Without boxes only the text can tell the overlap apart: merge the texts, then parse.
             merged = bands.merge_band_texts([out.text for out in outputs])
             return postprocess.parse_page(merged, work.image.width, work.image.height)

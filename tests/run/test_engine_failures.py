@@ -15,13 +15,13 @@ import pymupdf
 import pytest
 from typer.testing import CliRunner
 
-from docconv import pipeline
 from docconv.cli import app
 from docconv.engines.base import PageJob
 from docconv.engines.deepseek import DeepseekOcrEngine
-from docconv.journal import journal_path
+from docconv.run import pipeline
+from docconv.run.journal import journal_path
 
-from .helpers import engine_args, make_image
+from ..helpers import engine_args, make_image
 
 runner = CliRunner()
 

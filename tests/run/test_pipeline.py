@@ -11,11 +11,12 @@ import pytest
 
 from docconv.engines.base import Engine, EngineOptions, EngineOutput, PageJob, TokenCallback, VisionBudget
 from docconv.output.options import RenderOptions
-from docconv.pipeline import TASK_PROMPTS, ConvertOptions, Pipeline, load_engine
-from docconv.progress import Reporter
+from docconv.run.options import TASK_PROMPTS, ConvertOptions
+from docconv.run.pipeline import Pipeline, load_engine
+from docconv.run.progress import Reporter
 from docconv.sources.inputs import resolve_inputs
 
-from .helpers import make_image, make_pdf
+from ..helpers import make_image, make_pdf
 
 
 class RecordingEngine:
@@ -83,13 +84,6 @@ def test_degraded_page_is_retried_once_tighter_and_one_mode_up(
     page = json.loads(stdout)
     assert page["degraded"] and page["retried"] and page["degraded_reasons"]
     assert len(pipeline.summary.degraded) == 1  # kept, marked and listed, never dropped
-
-
-def test_the_cli_tasks_ask_exactly_the_model_packages_prompts():
-    # docconv keeps its own copy so that the CLI starts without importing torch; it must not drift.
-    import deepseek_ocr
-
-    assert TASK_PROMPTS.items() <= deepseek_ocr.TASK_PROMPTS.items()
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from docconv.bands import band_sizes, merge_band_blocks, merge_band_texts, split_into_bands
 from docconv.output.document import Block
 from docconv.output.postprocess import parse_page
+from docconv.run.bands import band_sizes, merge_band_blocks, merge_band_texts, split_into_bands
 
 
 def _receipt(width: int = 600, height: int = 6000) -> Image.Image:

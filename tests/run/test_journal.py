@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from docconv.journal import Journal, fingerprint, journal_path
 from docconv.output.document import Block, Page
+from docconv.run.journal import Journal, fingerprint, journal_path
 
 
 def _page(number: int) -> Page:
