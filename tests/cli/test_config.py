@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from docconv.config import KEYS, ConfigError, Settings, config_app, config_path, env_var, load_settings
+from docconv.cli.config import config_app
+from docconv.cli.settings import KEYS, ConfigError, Settings, config_path, env_var, load_settings
 
 
 @pytest.fixture

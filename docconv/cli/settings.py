@@ -1,4 +1,4 @@
-"""Configuration: built-in defaults < ``config.toml`` < ``DOCCONV_*`` environment < command line.
+"""Settings: built-in defaults < ``config.toml`` < ``DOCCONV_*`` environment < command line.
 
 The file is ``config.toml`` in the platform's user config directory (``docconv config path``),
 or in ``$DOCCONV_CONFIG_DIR`` when that is set. Keys are the :class:`Settings` field names,
@@ -26,9 +26,13 @@ from typing import Any
 import platformdirs
 import typer
 
-from deepseek_ocr.modes import MODES
-from docconv.listing import JsonOption, print_table
+from deepseek_ocr.modes import DEFAULT_MAX_TILES, DEFAULT_MIN_TILES, MODES
+from docconv.cli.exit_codes import ExitCode
+from docconv.engines.base import DEFAULT_GENERATION
+from docconv.models.registry import DEFAULT_MODEL
 from docconv.output import options as output_options
+from docconv.run.modes import AUTO, DEFAULT_MAX_RATIO
+from docconv.run.options import DEFAULT_BATCH_SIZE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,36 +48,39 @@ DEFAULT = "default"
 FILE = "file"
 CLI = "command line"
 
-
-EXIT_USAGE = 2
+#: ``--dpi`` bounds: below 36 nothing is legible, above 1200 a page is hundreds of megapixels.
+DPI_RANGE = (36, 1200)
+QUANTS = ("auto", "none", "8bit", "4bit", "int4")
+ATTENTIONS = ("auto", "sdpa", "flash")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 class ConfigError(ValueError):
     """A bad key or value in the config file, the environment or the command line (exit 2)."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every configurable engine and pipeline option, with its default."""
 
-    model: str = "deepseek-ai/DeepSeek-OCR"
+    model: str = DEFAULT_MODEL
     device: str = "auto"
     quant: str = "auto"
     attn: str = "auto"
     dtype: str = "auto"
-    mode: str = "auto"
-    max_ratio: float = 10.0
-    batch_size: int = 1
-    max_tokens: int = 8192
-    ngram: int = 30
-    ngram_window: int = 90
+    mode: str = AUTO
+    max_ratio: float = DEFAULT_MAX_RATIO
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_tokens: int = DEFAULT_GENERATION.max_new_tokens
+    ngram: int = DEFAULT_GENERATION.ngram_size
+    ngram_window: int = DEFAULT_GENERATION.ngram_window
     dpi: int | None = None  # None: derived from the mode's resolution
-    max_tiles: int = 9
-    format: str = "md"
+    max_tiles: int = DEFAULT_MAX_TILES
+    format: str = output_options.FORMATS[0]
     page_separator: str = output_options.DEFAULT_PAGE_SEPARATOR
-    tables_format: str = "auto"
+    tables_format: str = output_options.TABLE_FORMATS[0]
     keep_headers: bool = False
     #: key -> where its value came from: "default", "file", "env DOCCONV_X" or "command line".
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -113,24 +120,25 @@ def _non_empty(value: Any) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model": _non_empty,
     "device": _device,
-    "quant": _one_of("auto", "none", "8bit", "4bit", "int4"),
-    "attn": _one_of("auto", "sdpa", "flash"),
-    "dtype": _one_of("auto", "bfloat16", "float16", "float32"),
-    "mode": _one_of("auto", *MODES),
+    "quant": _one_of(*QUANTS),
+    "attn": _one_of(*ATTENTIONS),
+    "dtype": _one_of(*DTYPES),
+    "mode": _one_of(AUTO, *MODES),
     "max_ratio": _positive,
     "batch_size": _at_least(1),
     "max_tokens": _at_least(1),
     "ngram": _at_least(0),
     "ngram_window": _at_least(1),
-    "dpi": _at_least(36, 1200),
-    "max_tiles": _at_least(2, 9),
+    "dpi": _at_least(*DPI_RANGE),
+    "max_tiles": _at_least(DEFAULT_MIN_TILES, DEFAULT_MAX_TILES),
     "format": _one_of(*output_options.FORMATS),
     "tables_format": _one_of(*output_options.TABLE_FORMATS),
 }
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.name != "sources")
-_DEFAULTS = Settings()
-_TYPES: dict[str, type] = {key: type(getattr(_DEFAULTS, key)) for key in KEYS} | {"dpi": int}
+#: The built-in defaults, which ``--help`` shows.
+DEFAULTS = Settings()
+_TYPES: dict[str, type] = {key: type(getattr(DEFAULTS, key)) for key in KEYS} | {"dpi": int}
 _NULLABLE = frozenset({"dpi"})
 
 
@@ -168,7 +176,7 @@ def load_settings(
     for layer, source in layers:
         values.update(layer)
         sources.update({key: source or f"env {env_var(key)}" for key in layer})
-    return replace(_DEFAULTS, **values, sources=sources)
+    return replace(DEFAULTS, **values, sources=sources)
 
 
 def settings_or_exit(cli_overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -177,7 +185,7 @@ def settings_or_exit(cli_overrides: Mapping[str, Any] | None = None) -> Settings
         return load_settings(cli_overrides)
     except ConfigError as error:
         typer.echo(f"docconv: error: {error}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise typer.Exit(ExitCode.USAGE) from None
 
 
 def _file_values(path: Path) -> dict[str, Any]:
@@ -259,35 +267,3 @@ def _has_type(value: Any, kind: type, nullable: bool) -> bool:
 
 def _type_name(kind: type) -> str:
     return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[kind]
-
-
-# ---------------------------------------------------------------- docconv config
-
-config_app = typer.Typer(
-    name="config",
-    help="Show where the configuration file is and which settings are in effect.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-)
-
-
-@config_app.command("path")
-def show_path() -> None:
-    """Print the path of the configuration file (it may not exist yet)."""
-    typer.echo(str(config_path()))
-
-
-@config_app.command("show")
-def show_settings(as_json: JsonOption = False) -> None:
-    """Print every setting, its effective value and where it came from.
-
-    Piped, one setting per line: key, value (as Python writes it) and source, tab-separated.
-    """
-    settings = settings_or_exit()
-    print_table(
-        ("key", "value", "source"),
-        [(key, repr(getattr(settings, key)), settings.sources[key]) for key in KEYS],
-        title=f"docconv settings (file: {config_path()})",
-        as_json=as_json,
-        json_data={key: {"value": getattr(settings, key), "source": settings.sources[key]} for key in KEYS},
-    )

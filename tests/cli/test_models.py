@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from docconv.cli.models import LIST_COLUMNS, models_app
 from docconv.models import manage, registry, store
 from docconv.models.hub import partial_dir
-from docconv.models_cli import LIST_COLUMNS, models_app
 
-from .fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
+from ..fake_hub import HF_DOWNLOAD_CHUNK, FakeHub, FakeRepo, checkpoint_bigger_than_a_chunk
 
 TINY_ID = "docconv-test/tiny-ocr"
-MODELS_ENTRY = "from docconv.models_cli import models_app; models_app()"
+MODELS_ENTRY = "from docconv.cli.models import models_app; models_app()"
 #: What a conversion does before loading the engine: turn --model into a checkpoint directory.
 RESOLVE_ENTRY = "import sys; from docconv.models.resolve import resolve_model; print(resolve_model(sys.argv[1]))"
 

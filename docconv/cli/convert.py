@@ -1,104 +1,44 @@
-"""The ``docconv`` command: convert documents, plus the config, doctor, models and rerender subcommands.
+"""``docconv convert`` (also plain ``docconv FILE...``): options -> :class:`ConvertOptions` -> a run.
 
-``docconv FILE...`` converts (the ``convert`` subcommand is implied), so the everyday call
-needs no subcommand. Exit codes: 0 all converted; 1 some inputs failed; 2 usage error;
-3 the engine could not start; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+The option defaults shown in ``--help`` are the built-in settings (:data:`DEFAULTS`), which take
+them from where they are defined: the model's generation defaults and tile limit, the mode
+choice's ratio limit, the weight registry's default model.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from typer.core import TyperGroup
 
-from deepseek_ocr.modes import MODES
-from docconv import __version__
-from docconv.config import config_app, settings_or_exit
-from docconv.doctor import doctor as run_doctor
+from deepseek_ocr.modes import DEFAULT_MAX_TILES, DEFAULT_MIN_TILES
+from docconv.cli.choices import Format, Mode, TablesFormat, Task, value_of
+from docconv.cli.exit_codes import ExitCode
+from docconv.cli.settings import DEFAULTS, DPI_RANGE, env_var, settings_or_exit
+from docconv.cli.signals import Terminated
 from docconv.engines.base import EngineError, EngineOptions
-from docconv.listing import JsonOption
-from docconv.models_cli import models_app
 from docconv.output import options as output_options
-from docconv.output.rerender import RerenderError, rerender_files
-from docconv.run.options import TASK_PROMPTS, ConvertOptions
+from docconv.run.options import ConvertOptions
 from docconv.run.pipeline import Pipeline
 from docconv.run.progress import Reporter
 from docconv.sources.inputs import STDIN, read_list, resolve_inputs
 from docconv.sources.selection import parse_pages
 
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-EXIT_ENGINE = 3
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells and service managers expect
 
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, a service stop): stopped the way Ctrl-C stops."""
-
-
-def _raise_terminated(signum: int, frame: object) -> NoReturn:
-    raise Terminated
-
-CONVERT = "convert"
-
-
-class _ConvertByDefault(TyperGroup):
-    """Treat ``docconv FILE ...`` as ``docconv convert FILE ...``."""
-
-    _GROUP_OPTIONS = frozenset({"--help", "-h", "--version", "--install-completion", "--show-completion"})
-
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in self._GROUP_OPTIONS:
-            args = [CONVERT, *args]
-        return super().parse_args(ctx, args)
-
-
-app = typer.Typer(
-    name="docconv",
-    cls=_ConvertByDefault,
-    help="Convert PDFs, images and directory trees to Markdown with DeepSeek-OCR, locally.\n\n"
-    "Run `docconv FILE...` (same as `docconv convert FILE...`).",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    rich_markup_mode=None,
-)
-app.add_typer(config_app, name="config")
-app.add_typer(models_app, name="models")
-
-Mode = Enum("Mode", {name: name for name in ("auto", *MODES)}, type=str)  # type: ignore[misc]
-Task = Enum("Task", {name: name for name in TASK_PROMPTS}, type=str)  # type: ignore[misc]
-Format = Enum("Format", {name: name for name in output_options.FORMATS}, type=str)  # type: ignore[misc]
-TablesFormat = Enum("TablesFormat", {name: name for name in output_options.TABLE_FORMATS}, type=str)  # type: ignore[misc]
-RenderTask = Enum("RenderTask", {name: name for name in output_options.TASKS}, type=str)  # type: ignore[misc]
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"docconv {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
-    ] = False,
-) -> None:
-    """Convert PDFs, images and directory trees to Markdown with DeepSeek-OCR, locally."""
+def default_of(key: str, shown: str | None = None) -> str:
+    """``  [default: X]`` for a settings key, X as the user would type it (``shown`` overrides)."""
+    value = getattr(DEFAULTS, key)
+    text = shown if shown is not None else f"{value:g}" if isinstance(value, float) else str(value)
+    return f"  [default: {text}]"
 
 
 def usage_error(message: str) -> NoReturn:
     typer.echo(f"docconv: error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(ExitCode.USAGE)
 
 
 INPUTS = "Inputs"
@@ -107,7 +47,6 @@ READING = "Reading"
 ENGINE = "Engine"
 
 
-@app.command(CONVERT, no_args_is_help=True)
 def convert(
     inputs: Annotated[
         list[str] | None,
@@ -163,8 +102,8 @@ def convert(
         int | None,
         typer.Option(
             "--dpi",
-            min=36,
-            max=1200,
+            min=DPI_RANGE[0],
+            max=DPI_RANGE[1],
             help="Render PDF pages at this DPI instead of the one derived from the mode.",
             rich_help_panel=INPUTS,
         ),
@@ -173,7 +112,7 @@ def convert(
         Mode | None,
         typer.Option(
             "--mode",
-            help="Resolution mode; auto picks per page.  [default: auto]",
+            help="Resolution mode; auto picks per page." + default_of("mode"),
             rich_help_panel=READING,
             show_default=False,
         ),
@@ -183,7 +122,7 @@ def convert(
         typer.Option(
             "--max-ratio",
             min=0.5,
-            help="auto: highest text/vision token ratio accepted.  [default: 10]",
+            help="auto: highest text/vision token ratio accepted." + default_of("max_ratio"),
             rich_help_panel=READING,
             show_default=False,
         ),
@@ -212,7 +151,7 @@ def convert(
         TablesFormat | None,
         typer.Option(
             "--tables-format",
-            help="Tables in Markdown: auto (HTML only when cells span), md or html.  [default: auto]",
+            help="Tables in Markdown: auto (HTML only when cells span), md or html." + default_of("tables_format"),
             rich_help_panel=OUTPUT,
             show_default=False,
         ),
@@ -240,7 +179,8 @@ def convert(
         bool | None,
         typer.Option(
             "--keep-headers/--drop-headers",
-            help="Keep page headers, footers and page numbers.  [default: drop]",
+            help="Keep page headers, footers and page numbers."
+            + default_of("keep_headers", "keep" if DEFAULTS.keep_headers else "drop"),
             rich_help_panel=OUTPUT,
             show_default=False,
         ),
@@ -262,8 +202,7 @@ def convert(
         typer.Option(
             "--model",
             metavar="ID|PATH",
-            help="Hub id or local checkpoint directory.  "
-            "[env: DOCCONV_MODEL; default: deepseek-ai/DeepSeek-OCR]",
+            help=f"Hub id or local checkpoint directory.  [env: {env_var('model')}; default: {DEFAULTS.model}]",
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -272,7 +211,7 @@ def convert(
         str | None,
         typer.Option(
             "--device",
-            help="auto, cpu, cuda, cuda:N or mps.  [default: auto]",
+            help="auto, cpu, cuda, cuda:N or mps." + default_of("device"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -281,7 +220,7 @@ def convert(
         str | None,
         typer.Option(
             "--quant",
-            help="auto, none, 8bit, 4bit (bitsandbytes) or int4 (CPU).  [default: auto]",
+            help="auto, none, 8bit, 4bit (bitsandbytes) or int4 (CPU)." + default_of("quant"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -289,14 +228,14 @@ def convert(
     attn: Annotated[
         str | None,
         typer.Option(
-            "--attn", help="auto, sdpa or flash.  [default: auto]", rich_help_panel=ENGINE, show_default=False
+            "--attn", help="auto, sdpa or flash." + default_of("attn"), rich_help_panel=ENGINE, show_default=False
         ),
     ] = None,
     offline: Annotated[
         bool,
         typer.Option(
             "--offline",
-            help="Never download weights: use cached ones or fail with exit code 3.",
+            help=f"Never download weights: use cached ones or fail with exit code {int(ExitCode.UNAVAILABLE)}.",
             rich_help_panel=ENGINE,
         ),
     ] = False,
@@ -304,7 +243,7 @@ def convert(
         str | None,
         typer.Option(
             "--dtype",
-            help="auto, bfloat16, float16 or float32.  [default: auto]",
+            help="auto, bfloat16, float16 or float32." + default_of("dtype"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -313,9 +252,9 @@ def convert(
         int | None,
         typer.Option(
             "--max-tiles",
-            min=2,
-            max=9,
-            help="Most tiles per page in the gundam modes.  [default: 9]",
+            min=DEFAULT_MIN_TILES,
+            max=DEFAULT_MAX_TILES,
+            help="Most tiles per page in the gundam modes." + default_of("max_tiles"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -325,7 +264,7 @@ def convert(
         typer.Option(
             "--batch-size",
             min=1,
-            help="Pages decoded together.  [default: 1]",
+            help="Pages decoded together." + default_of("batch_size"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -335,7 +274,7 @@ def convert(
         typer.Option(
             "--max-tokens",
             min=1,
-            help="Token limit per page.  [default: 8192]",
+            help="Token limit per page." + default_of("max_tokens"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -345,7 +284,7 @@ def convert(
         typer.Option(
             "--ngram",
             min=0,
-            help="Repetition guard: n-gram size (0 = off).  [default: 30]",
+            help="Repetition guard: n-gram size (0 = off)." + default_of("ngram"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -355,7 +294,7 @@ def convert(
         typer.Option(
             "--ngram-window",
             min=1,
-            help="Repetition guard window in tokens.  [default: 90]",
+            help="Repetition guard window in tokens." + default_of("ngram_window"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -374,7 +313,7 @@ def convert(
             "attn": attn,
             "dtype": dtype,
             "max_tiles": max_tiles,
-            "mode": _value(mode),
+            "mode": value_of(mode),
             "max_ratio": max_ratio,
             "batch_size": batch_size,
             "max_tokens": max_tokens,
@@ -382,7 +321,7 @@ def convert(
             "ngram_window": ngram_window,
             "dpi": dpi,
             "page_separator": page_separator,
-            "tables_format": _value(tables_format),
+            "tables_format": value_of(tables_format),
             "keep_headers": keep_headers,
         }
     )
@@ -438,10 +377,6 @@ def convert(
         keep_raw=keep_raw,
     )
     raise typer.Exit(_run(paths, glob, options, quiet, verbose))
-
-
-def _value(choice: Enum | None) -> str | None:
-    return None if choice is None else choice.value
 
 
 def _input_paths(inputs: list[str], from_list: str | None, null: bool) -> list[str]:
@@ -500,96 +435,11 @@ def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: boo
             summary = Pipeline(options, reporter).run(resolved.documents)
     except EngineError as error:
         typer.echo(f"docconv: error: the engine could not start: {error}", err=True)
-        return EXIT_ENGINE
+        return ExitCode.UNAVAILABLE
     except KeyboardInterrupt as stop:
         how = "terminated" if isinstance(stop, Terminated) else "interrupted"
         typer.echo(f"docconv: {how}; finished pages are kept, run the same command again to resume", err=True)
-        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
+        return ExitCode.TERMINATED if isinstance(stop, Terminated) else ExitCode.INTERRUPTED
     summary.failures[:0] = [(f.source, f.message) for f in resolved.failures]
     reporter.summary(summary)
-    return EXIT_SOME_FAILED if summary.failures else EXIT_OK
-
-
-@app.command("doctor")
-def doctor(as_json: JsonOption = False) -> None:
-    """Check torch, the GPU, flash-attn, bitsandbytes and the model cache; show what a run would use.
-
-    Piped, one check per line: the check and its result, tab-separated.
-    """
-    run_doctor(as_json=as_json)
-
-
-@app.command("rerender")
-def rerender(
-    raw_files: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Raw model output: --keep-raw files (.raw.json), "
-            "official _det.mmd / .raw.txt, or web-UI JSON."
-        ),
-    ],
-    output: Annotated[
-        Path | None,
-        typer.Option("-o", "--output", help="Output file (one input) or directory. Default: stdout."),
-    ] = None,
-    output_format: Annotated[Format, typer.Option("--format", help="md, json, jsonl or html.")] = Format.md,  # type: ignore[attr-defined]
-    tables: Annotated[bool, typer.Option("--tables", help="Also write every table as CSV.")] = False,
-    tables_format: Annotated[
-        TablesFormat,
-        typer.Option(
-            "--tables-format", help="Tables in Markdown output: auto (HTML only when cells span), md or html."
-        ),
-    ] = TablesFormat.auto,  # type: ignore[attr-defined]
-    keep_headers: Annotated[
-        bool, typer.Option("--keep-headers", help="Keep page headers and footers.")
-    ] = False,
-    page_separator: Annotated[
-        str | None,
-        typer.Option(
-            "--page-separator", help="Markdown between pages; {page} is the page number.", show_default=False
-        ),
-    ] = None,
-    task: Annotated[
-        RenderTask, typer.Option("--task", help="How the raw text is laid out.")
-    ] = RenderTask.markdown,  # type: ignore[attr-defined]
-    image: Annotated[
-        Path | None, typer.Option("--image", help="Page image to crop figures from (one page).")
-    ] = None,
-    source: Annotated[
-        Path | None, typer.Option("--source", help="Source document to crop figures from.")
-    ] = None,
-) -> None:
-    """Re-run post-processing and the writers on saved raw model output, without the model."""
-    options = output_options.RenderOptions(
-        format=output_format.value,
-        tables_format=tables_format.value,
-        keep_headers=keep_headers,
-        page_separator=page_separator if page_separator is not None else output_options.DEFAULT_PAGE_SEPARATOR,
-        task=task.value,
-        tables_csv=tables,
-    )
-    try:
-        rerender_files(raw_files, output, options, image=image, source_document=source)
-    except RerenderError as error:
-        typer.echo(f"docconv: error: {error}", err=True)
-        raise typer.Exit(EXIT_SOME_FAILED) from None
-
-
-def main() -> None:
-    """Entry point of the ``docconv`` script."""
-    # bitsandbytes warns on import that an optional hub-fetched CPU kernel is missing; docconv
-    # reports what matters itself (docconv doctor), one line per problem.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        app()
-    except Terminated:
-        sys.stderr.write("docconv: terminated\n")
-        raise SystemExit(EXIT_TERMINATED) from None
-    except KeyboardInterrupt:
-        sys.stderr.write("docconv: interrupted\n")
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    except BrokenPipeError:
-        # `docconv x.pdf | head`: the reader left; that is not an error worth a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(EXIT_OK) from None
+    return ExitCode.FAILED if summary.failures else ExitCode.OK

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from docconv import __version__
-from docconv.config import Settings, config_path, settings_or_exit
-from docconv.listing import json_key, print_table
+from docconv.cli.listing import JsonOption, json_key, print_table
+from docconv.cli.settings import Settings, config_path, settings_or_exit
 
 UNKNOWN = "unknown"
 Row = tuple[str, str]
@@ -27,7 +27,7 @@ def doctor(as_json: bool = False) -> None:
     """Print the environment report on stdout (exit 2 on a broken config).
 
     A table on a terminal; piped, a ``check<TAB>result`` line per check; with ``as_json`` one
-    JSON object, each check's label as a key (:func:`~docconv.listing.json_key`: ``would_use``).
+    JSON object, each check's label as a key (:func:`~docconv.cli.listing.json_key`: ``would_use``).
     """
     settings = settings_or_exit()
     rows = list(report_rows(settings))
@@ -194,3 +194,11 @@ def _local_model_dir(model: str) -> Path | None:
     except Exception:  # noqa: BLE001 - not cached, or no weights module: nothing to read
         return None
     return record.directory if record.directory.is_dir() else None
+
+
+def doctor_command(as_json: JsonOption = False) -> None:
+    """Check torch, the GPU, flash-attn, bitsandbytes and the model cache; show what a run would use.
+
+    Piped, one check per line: the check and its result, tab-separated.
+    """
+    doctor(as_json=as_json)

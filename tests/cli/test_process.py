@@ -15,7 +15,7 @@ import pytest
 from docconv.fsutil import TEMP_MARKER
 from docconv.run.journal import journal_path
 
-from .helpers import engine_args, make_pdf
+from ..helpers import engine_args, make_pdf
 
 DOCCONV = [sys.executable, "-m", "docconv"]
 

@@ -15,7 +15,7 @@ from docconv.cli import app
 from docconv.fsutil import TEMP_MARKER
 from docconv.run.modes import MODE_ORDER, next_larger_mode
 
-from .helpers import engine_args, make_image, make_pdf, make_tiff
+from ..helpers import engine_args, make_image, make_pdf, make_tiff
 
 runner = CliRunner()
 SCHEMA = json.loads((Path(docconv.__file__).parent / "schemas" / "document.schema.json").read_text())

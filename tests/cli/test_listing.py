@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from docconv.listing import json_key, print_table
+from docconv.cli.listing import json_key, print_table
 
 COLUMNS = ("id", "size", "path")
 LONG_ID = "local/a-model-id-much-longer-than-any-column-of-an-80-column-table-could-hold"

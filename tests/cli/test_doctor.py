@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from deepseek_ocr import cpu_kernel
-from docconv.config import KEYS, env_var, load_settings
-from docconv.doctor import report_rows
+from docconv.cli.doctor import report_rows
+from docconv.cli.settings import KEYS, env_var, load_settings
 
 
 @pytest.fixture

@@ -1,9 +1,7 @@
 """``docconv models ...``: list, download, locate, verify, remove and import model weights.
 
-Exit codes: 0 success; 1 a verify found missing or corrupted files (or the hub served a corrupted
-file); 2 usage errors (unknown model id, unusable directory); 3 the model cannot be obtained
-(offline mode, hub unreachable, not enough disk space) - the same code a conversion uses when
-its engine cannot start.
+Exit codes (:data:`docconv.cli.exit_codes.MODELS`): a model that cannot be obtained is the code
+a conversion uses when its engine cannot start.
 """
 
 from __future__ import annotations
@@ -15,7 +13,9 @@ from typing import Annotated, NoReturn
 import typer
 from rich import filesize
 
-from docconv.listing import JsonOption, print_table
+from docconv.cli import exit_codes
+from docconv.cli.exit_codes import ExitCode
+from docconv.cli.listing import JsonOption, print_table
 from docconv.models import hub, manage
 from docconv.models.errors import CorruptDownloadError, ModelDirectoryError, ModelNotFoundError, WeightsError
 from docconv.models.registry import DEFAULT_MODEL, REGISTRY
@@ -23,24 +23,21 @@ from docconv.models.store import cache_dir, get_record
 
 ModelIdArg = Annotated[str, typer.Argument(help="Model id, e.g. deepseek-ai/DeepSeek-OCR.")]
 
-EXIT_VERIFY_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-
 models_app = typer.Typer(
     name="models",
     help="Manage model weights: download once, then work offline.",
+    epilog=exit_codes.describe(exit_codes.MODELS),
     no_args_is_help=True,
     add_completion=False,
 )
 
 
-def exit_code_for(error: WeightsError) -> int:
+def exit_code_for(error: WeightsError) -> ExitCode:
     if isinstance(error, CorruptDownloadError):
-        return EXIT_VERIFY_FAILED
+        return ExitCode.FAILED
     if isinstance(error, (ModelNotFoundError, ModelDirectoryError)):
-        return EXIT_USAGE
-    return EXIT_UNAVAILABLE
+        return ExitCode.USAGE
+    return ExitCode.UNAVAILABLE
 
 
 def _fail(error: WeightsError) -> NoReturn:
@@ -118,7 +115,7 @@ def verify_command(model_id: ModelIdArg = DEFAULT_MODEL) -> None:
     for name in report.mismatched:
         typer.echo(f"{model_id}: {name} is missing or corrupted", err=True)
     typer.echo(f"run `docconv models download {model_id}` to fetch them again", err=True)
-    raise typer.Exit(EXIT_VERIFY_FAILED)
+    raise typer.Exit(ExitCode.FAILED)
 
 
 @models_app.command("rm")
