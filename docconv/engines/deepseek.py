@@ -51,7 +51,7 @@ class DeepseekOcrEngine:
 
     name = "deepseek-ocr"
 
-    def __init__(self, options: EngineOptions):
+    def __init__(self, options: EngineOptions) -> None:
         # docconv draws its own progress on stderr; transformers' bars and notices would interleave.
         transformers_logging.disable_progress_bar()
         transformers_logging.set_verbosity_error()
