@@ -48,7 +48,7 @@ DEFAULT = "default"
 FILE = "file"
 CLI = "command line"
 
-#: ``--dpi`` bounds: below 36 nothing is legible, above 1200 a page is hundreds of megapixels.
+#: ``--dpi`` bounds, for the option and for the config file and environment alike.
 DPI_RANGE = (36, 1200)
 QUANTS = ("auto", "none", "8bit", "4bit", "int4")
 ATTENTIONS = ("auto", "sdpa", "flash")
