@@ -44,18 +44,3 @@ def _current_umask() -> int:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_open(path, "w") as handle:
         handle.write(text)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
-
-
-def remove_stale_temporaries(directory: str | os.PathLike[str]) -> int:
-    """Delete temporaries left by a killed run under ``directory``; returns how many."""
-    removed = 0
-    for tmp in Path(directory).rglob(f"*{TEMP_MARKER}*"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed += 1
-    return removed

@@ -110,13 +110,21 @@ class DeepseekOcrConfig(PretrainedConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         super().__post_init__(**kwargs)
+        # transformers' strict validation does not reach this override, and a config the model
+        # cannot compute (MLA, grouped routing) would otherwise load and compute something else.
+        self.validate_architecture()
 
     def validate_architecture(self) -> None:
+        """Raise ``ValueError`` for a config this implementation does not compute as written."""
         if self.use_mla:
-            raise ValueError("DeepSeek-OCR uses plain multi-head attention: use_mla must be false")
+            raise ValueError(
+                "use_mla is true, but multi-head latent attention is not implemented: "
+                "DeepSeek-OCR's decoder uses plain multi-head attention (use_mla: false)"
+            )
         if self.topk_method != "greedy" or self.scoring_func != "softmax":
             raise ValueError(
-                "only greedy top-k routing over softmax scores is implemented (the official setting)"
+                f"topk_method {self.topk_method!r} with scoring_func {self.scoring_func!r} is not implemented: "
+                "only greedy top-k routing over softmax scores (DeepSeek-OCR's setting) is"
             )
         if self.num_key_value_heads != self.num_attention_heads:
             raise ValueError(

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from .cache import GrowingCache
-
-StopReason = Literal["eos", "max_tokens"]
+from .generation_settings import GenerationSettings, StopReason
 
 
 class SlidingWindowNoRepeatNGram(LogitsProcessor):
@@ -86,15 +84,6 @@ class TokenCounter(BaseStreamer):
 
     def end(self) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How to read a page. Defaults are the official single-image vLLM recipe (30/90, tables exempt)."""
-
-    max_new_tokens: int = 8192
-    ngram_size: int = 30  # 0 disables the repetition guard
-    ngram_window: int = 90
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Reproduces what the official Hugging Face ``infer()`` feeds the model (checked bit for bit
 against the parity fixtures) and batches several pages of one resolution mode with left padding.
-The pieces live in :mod:`deepseek_ocr.image_processing` and :mod:`deepseek_ocr.tokenization`.
+The pieces live in :mod:`deepseek_ocr.image_processing`, :mod:`deepseek_ocr.modes` (the token
+arithmetic), :mod:`deepseek_ocr.prompts` and :mod:`deepseek_ocr.tokenization`.
 """
 
 from __future__ import annotations
@@ -15,68 +16,17 @@ from pathlib import Path
 import torch
 from transformers import BatchFeature
 
-from .image_processing import (
+from .image_processing import ImageInputs, ImageSource, preprocess_image, stack_tiles
+from .modes import (
     DEFAULT_MAX_TILES,
     DEFAULT_MIN_TILES,
-    MODES,
-    NO_TILE_THRESHOLD,
-    ImageInputs,
-    ImageLoadError,
-    ImageSource,
-    ImageViews,
     ResolutionMode,
     VisionTokenCounts,
     candidate_grids,
-    closest_grid,
-    get_mode,
-    load_image,
-    normalize_views,
-    preprocess_image,
-    render_views,
-    select_tile_grid,
-    sequence_token_count,
-    stack_tiles,
-    valid_token_count,
     vision_budget,
-    vision_token_count,
 )
-from .tokenization import (
-    IMAGE_TOKEN,
-    TASK_PROMPTS,
-    DeepseekOcrTokenizer,
-    TokenizerError,
-    locate_prompt,
-)
-
-__all__ = [
-    "DEFAULT_MAX_TILES",
-    "DEFAULT_MIN_TILES",
-    "IMAGE_TOKEN",
-    "MODES",
-    "NO_TILE_THRESHOLD",
-    "TASK_PROMPTS",
-    "DeepseekOcrProcessor",
-    "DeepseekOcrTokenizer",
-    "ImageInputs",
-    "ImageLoadError",
-    "ImageViews",
-    "ResolutionMode",
-    "TokenizerError",
-    "VisionTokenCounts",
-    "candidate_grids",
-    "closest_grid",
-    "get_mode",
-    "load_image",
-    "locate_prompt",
-    "normalize_views",
-    "preprocess_image",
-    "render_views",
-    "select_tile_grid",
-    "sequence_token_count",
-    "valid_token_count",
-    "vision_budget",
-    "vision_token_count",
-]
+from .prompts import IMAGE_TOKEN
+from .tokenization import DeepseekOcrTokenizer, TokenizerError
 
 
 def _configured_image_token_id(directory: Path) -> int | None:

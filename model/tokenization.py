@@ -12,10 +12,11 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from .prompts import GROUNDING_TOKEN, IMAGE_TOKEN
+
 BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 EOS_TOKEN = "<｜end▁of▁sentence｜>"
 PAD_TOKEN = "<｜▁pad▁｜>"
-IMAGE_TOKEN = "<image>"
 
 #: Tokens the model emits or reads that must each be ONE special id (grounding, tables, image).
 _REQUIRED_SPECIAL_TOKENS = (
@@ -27,27 +28,13 @@ _REQUIRED_SPECIAL_TOKENS = (
     "<|/ref|>",
     "<|det|>",
     "<|/det|>",
-    "<|grounding|>",
+    GROUNDING_TOKEN,
     "<td>",
     "</td>",
 )
 #: The official ``infer()`` hard-codes these ids (BOS prepended by hand, EOS as the stop id).
 _HARD_CODED_IDS = {BOS_TOKEN: 0, EOS_TOKEN: 1}
 _ROUND_TRIP_TEXT = "Convert the document to markdown."
-
-#: Completion-style prompts the model was trained on (spec §7.4); the model is not a chatbot.
-TASK_PROMPTS: dict[str, str] = {
-    "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
-    "text": "<image>\nFree OCR.",
-    "figure": "<image>\nParse the figure.",
-    "describe": "<image>\nDescribe this image in detail.",
-    "ocr_image": "<image>\n<|grounding|>OCR this image.",
-}
-
-
-def locate_prompt(text: str) -> str:
-    """Prompt asking for the boxes of ``text`` in the image (grounded reply)."""
-    return f"<image>\nLocate <|ref|>{text}<|/ref|> in the image."
 
 
 class TokenizerError(ValueError):

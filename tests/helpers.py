@@ -6,9 +6,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pymupdf
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+from docconv.sources.inputs import resolve_inputs
+from docconv.sources.pages import PageSource, open_document
 
 A6_POINTS = (298, 420)
+#: A US-letter page rendered at 144 dpi, in pixels.
+LETTER_144DPI = (1224, 1584)
+LOREM = (
+    "The quick brown fox jumps over the lazy dog while the committee reviews the annual report "
+    "and five boxing wizards jump quickly across the page of this generated test document. "
+)
 
 
 def make_pdf(
@@ -69,3 +78,20 @@ def make_tiff(path: Path, frames: int = 3, size: tuple[int, int] = (120, 160)) -
 def engine_args(model_dir: Path, max_tokens: int = 2) -> list[str]:
     """CLI flags that run the real engine on a tiny fixture checkpoint, fast (it rarely emits EOS)."""
     return ["--model", str(model_dir), "--device", "cpu", "--max-tokens", str(max_tokens)]
+
+
+def open_path(path: Path, password: str | None = None) -> PageSource:
+    """A file opened for rendering as a conversion opens it (typed by content)."""
+    (document,) = resolve_inputs([str(path)]).documents
+    return open_document(document, password)
+
+
+def text_page(size: tuple[int, int], lines: int, font_size: int = 22, fill: str = "white") -> Image.Image:
+    """A page of ``lines`` lines of text (black on ``fill``, or white on black)."""
+    image = Image.new("RGB", size, fill)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=font_size)
+    ink = "black" if fill == "white" else "white"
+    for line in range(lines):
+        draw.text((60, 60 + line * font_size * 1.5), LOREM[: 60 + line % 20], fill=ink, font=font)
+    return image

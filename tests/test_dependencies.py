@@ -147,8 +147,8 @@ def test_the_sources_are_actually_scanned() -> None:
 @pytest.mark.parametrize(
     ("drop", "from_extra", "expected"),
     [
-        ("httpx2", None, "docconv/weights.py:"),  # a direct import
-        ("pymupdf", None, "docconv/pages.py:"),  # import name = distribution name
+        ("httpx2", None, "docconv/models/hub.py:"),  # a direct import
+        ("pymupdf", None, "docconv/sources/pages.py:"),  # import name = distribution name
         ("pillow", None, "imports PIL (pillow)"),  # import name != distribution name
         ("flash-attn", "gpu", "model/loading.py:"),  # an optional import and its extra
     ],

@@ -57,6 +57,21 @@ def test_foreign_model_type(checkpoint: Path):
     assert "'llama' is not DeepSeek-OCR" in load_error(checkpoint)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [("use_mla", True, "multi-head latent attention"), ("topk_method", "group_limited_greedy", "greedy")],
+)
+def test_architecture_the_model_does_not_compute_fails_at_load(
+    checkpoint: Path, key: str, value: object, named: str
+):
+    config = json.loads((checkpoint / "config.json").read_text())
+    config[key] = value
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    message = load_error(checkpoint)
+    assert "invalid configuration" in message and key in message and named in message
+    assert "--" not in message  # the model names no docconv flag
+
+
 def test_truncated_and_missing_weights(checkpoint: Path):
     weights = checkpoint / "model.safetensors"
     data = weights.read_bytes()

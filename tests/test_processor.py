@@ -20,21 +20,18 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.numpy import load_file
 
-from deepseek_ocr.processing import (
+from deepseek_ocr.image_processing import ImageLoadError, load_image, render_views
+from deepseek_ocr.modes import (
     MODES,
-    TASK_PROMPTS,
-    DeepseekOcrProcessor,
-    ImageLoadError,
     ResolutionMode,
-    TokenizerError,
     candidate_grids,
-    load_image,
-    locate_prompt,
-    render_views,
     select_tile_grid,
     sequence_token_count,
     vision_budget,
 )
+from deepseek_ocr.processing import DeepseekOcrProcessor
+from deepseek_ocr.prompts import TASK_PROMPTS, locate_prompt
+from deepseek_ocr.tokenization import TokenizerError
 
 from .conftest import PARITY, missing_shared_data, shared_params
 

@@ -16,8 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from deepseek_ocr import sam
-from docconv import pipeline
 from docconv.cli import app
+from docconv.run import pipeline
 
 from .helpers import engine_args, make_image
 

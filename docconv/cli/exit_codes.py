@@ -1,0 +1,50 @@
+"""docconv's exit codes, defined once: the commands return them and their help lists them.
+
+Every command uses the same numbers for the same kind of outcome; what each one means for a
+given command is in that command's table below, which its ``--help`` prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1  # some of the work failed; the rest was done
+    USAGE = 2  # a bad option, argument or setting
+    UNAVAILABLE = 3  # what the work needs cannot be had: the engine, the model's weights
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+    TERMINATED = 143  # SIGTERM (128 + SIGTERM), what shells and service managers expect
+
+
+#: ``docconv [convert]``.
+CONVERT: Mapping[ExitCode, str] = {
+    ExitCode.OK: "all converted (or skipped because the output exists)",
+    ExitCode.FAILED: "some inputs failed, the others were converted",
+    ExitCode.USAGE: "usage error",
+    ExitCode.UNAVAILABLE: "the engine could not start",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
+}
+
+#: ``docconv models ...``.
+MODELS: Mapping[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "a verify found missing or corrupted files (or the hub served a corrupted file)",
+    ExitCode.USAGE: "unknown model id or unusable directory",
+    ExitCode.UNAVAILABLE: "the model cannot be obtained (offline mode, hub unreachable, not enough disk space)",
+}
+
+#: ``docconv rerender``.
+RERENDER: Mapping[ExitCode, str] = {
+    ExitCode.OK: "rendered",
+    ExitCode.FAILED: "a raw file or page image could not be used",
+    ExitCode.USAGE: "usage error",
+}
+
+
+def describe(meanings: Mapping[ExitCode, str]) -> str:
+    """One line for a command's help: ``Exit codes: 0 success; 1 ...``."""
+    return "Exit codes: " + "; ".join(f"{int(code)} {meaning}" for code, meaning in meanings.items()) + "."
