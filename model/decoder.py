@@ -17,10 +17,10 @@ from transformers.cache_utils import Cache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from . import kernel_linear
 from .cache import GrowingLayer
 from .configuration import DeepseekOcrConfig
-from .kernel_linear import FusedWeights, attention_step, fused_weights, mlp_step
+from .cpu import linear as kernel_linear
+from .cpu.linear import FusedWeights, attention_step, fused_weights, mlp_step
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

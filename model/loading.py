@@ -23,11 +23,11 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .configuration import DeepseekOcrConfig
+from .cpu.exponent_coding import can_code, code_linears, exponent_coded_bytes
+from .cpu.int4 import int4_group_size, quantize_linears_int4
+from .cpu.linear import KernelLinear
 from .decoder import DecoderLayer, MoeRouter
-from .exponent_coding import can_code, code_linears, exponent_coded_bytes
-from .kernel_linear import KernelLinear
 from .modeling import DeepseekOcrForConditionalGeneration
-from .quantization import int4_group_size, quantize_linears_int4
 
 MODEL_TYPES = ("deepseek_vl_v2", "deepseek_ocr")
 
@@ -65,7 +65,7 @@ class RuntimePlan:
 
     device: str
     dtype: torch.dtype
-    quant: str  # none | 8bit | 4bit (bitsandbytes) | int4 (our CPU kernel, quantization.py)
+    quant: str  # none | 8bit | 4bit (bitsandbytes) | int4 (our CPU kernel, cpu/int4.py)
     attn: str  # sdpa | flash_attention_2
     reason: str = ""
 
@@ -407,7 +407,7 @@ def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors) -> No
 
 def code_from_checkpoint(model: nn.Module, tensors: CheckpointTensors) -> None:
     """Exponent-code the bfloat16 decoder linears and lm_head (lossless, 3/4 of the bytes; see
-    :mod:`.exponent_coding`), reading each weight from the file; the vision tower stays as it is."""
+    :mod:`.cpu.exponent_coding`), reading each weight from the file; the vision tower stays as it is."""
     convert_from_checkpoint(model, codable_linears(model), code_linears, tensors)
 
 

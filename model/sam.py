@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernel
 from .configuration import SamConfig
+from .cpu import library as cpu_kernel
 
 logger = logging.getLogger(__name__)
 

@@ -32,12 +32,12 @@ TESTS = [
 ]
 
 def main(arguments: list[str]) -> int:
-    from deepseek_ocr import cpu_kernel
+    from deepseek_ocr.cpu import library
 
-    variants = cpu_kernel.supported_variants()[1:]
+    variants = library.supported_variants()[1:]
     print(f"kernel variants below this CPU's best: {', '.join(variants) or 'none'}", flush=True)
     for variant in variants:
-        environment = {**os.environ, cpu_kernel.VARIANT_SWITCH: variant, **cpu_kernel.TORCH_LIMITS.get(variant, {})}
+        environment = {**os.environ, library.VARIANT_SWITCH: variant, **library.TORCH_LIMITS.get(variant, {})}
         print(f"\n=== variant {variant} ===", flush=True)
         status = subprocess.run([sys.executable, "-m", "pytest", "-q", *TESTS, *arguments], cwd=REPO, env=environment)
         if status.returncode:

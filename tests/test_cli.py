@@ -217,7 +217,7 @@ def test_int4_quantized_engine_converts_and_says_so(tmp_path: Path, tiny: list[s
 
 
 def test_verbose_says_when_bfloat16_weights_are_exponent_coded(tmp_path: Path, tiny: list[str]) -> None:
-    from deepseek_ocr.exponent_coding import can_code
+    from deepseek_ocr.cpu.exponent_coding import can_code
 
     if not can_code():
         pytest.skip("no AVX512-BF16: bfloat16 stays uncoded")

@@ -13,14 +13,14 @@ from safetensors.torch import load_file, save_file
 from deepseek_ocr import (
     CheckpointError,
     DeepseekOcrConfig,
-    cpu_kernel,
     estimate_weight_bytes,
     load_model,
     loading,
     plan_runtime,
 )
-from deepseek_ocr.exponent_coding import ExponentCodedLinear
-from deepseek_ocr.quantization import Int4Linear
+from deepseek_ocr.cpu import library
+from deepseek_ocr.cpu.exponent_coding import ExponentCodedLinear
+from deepseek_ocr.cpu.int4 import Int4Linear
 
 from .test_quantization import case_inputs, greedy
 
@@ -165,7 +165,7 @@ def test_a_float32_model_of_a_bfloat16_checkpoint_codes_its_decoder_and_computes
     assert isinstance(coded.lm_head, ExponentCodedLinear) and "ExponentCodedLinear" in kinds
     floating = [t for m in coded.modules() if not isinstance(m, ExponentCodedLinear) for t in m.parameters(recurse=False)]
     assert floating and all(t.dtype == torch.float32 for t in floating)
-    monkeypatch.setattr(cpu_kernel, "load", lambda: None)  # the plain float32 load: every weight upcast
+    monkeypatch.setattr(library, "load", lambda: None)  # the plain float32 load: every weight upcast
     plain = load_model(bfloat16_checkpoint, plan)
     monkeypatch.undo()
     assert not any(isinstance(m, ExponentCodedLinear) for m in plain.modules())

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepseek_ocr import DeepseekOcrProcessor, load_model, plan_runtime
+from deepseek_ocr.cpu.int4 import Int4Linear
 from deepseek_ocr.generation import greedy_config
-from deepseek_ocr.quantization import Int4Linear
 
 from .conftest import PARITY, require_shared
 

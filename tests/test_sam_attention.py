@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepseek_ocr import cpu_kernel
 from deepseek_ocr.configuration import SamConfig
+from deepseek_ocr.cpu import library
 from deepseek_ocr.sam import SamAttention
 
 
 @pytest.fixture
 def kernel():
-    kernel = cpu_kernel.load()
+    kernel = library.load()
     if kernel is None or not kernel.amx_attention:
         pytest.skip("no AMX on this CPU (or DEEPSEEK_OCR_CPU_AMX=0, or no kernel)")
     yield kernel

@@ -1,6 +1,6 @@
 """Linears whose weights are in a CPU kernel format, and the decoding steps that run on them.
 
-Two formats share the kernel (``kernels/cpu_decode.c``): int4 (:class:`~.quantization.Int4Linear`,
+Two formats share the kernel (``kernels/cpu_decode.c``): int4 (:class:`~.int4.Int4Linear`,
 lossy, a quarter of the bfloat16 bytes) and exponent-coded bfloat16
 (:class:`~.exponent_coding.ExponentCodedLinear`, lossless, three quarters). Up to
 :attr:`KernelLinear.kernel_max_rows` activation rows (decoding) are multiplied by the kernel's
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from . import cpu_kernel
+from . import library
 
 #: Most sequences :func:`attention_step` and :func:`mlp_step` take at once (the kernel's limit).
 MAX_STEP_ROWS = 16
@@ -44,7 +44,7 @@ class KernelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] <= self.kernel_max_rows and rows.dtype in (torch.float32, torch.bfloat16) and self.takes_kernel():
-            out = cpu_kernel.load().linear(rows.contiguous(), self.descriptor(), self.out_features)
+            out = library.load().linear(rows.contiguous(), self.descriptor(), self.out_features)
             if self.bias is not None:
                 out = out + self.bias
         else:
@@ -129,7 +129,7 @@ def linear_many(pairs: list[tuple[nn.Module, torch.Tensor]]) -> list[torch.Tenso
     ):
         return None
     products = [(x.contiguous(), layer.descriptor(), layer.out_features) for layer, x in pairs]
-    outs = cpu_kernel.load().linear_many(products)
+    outs = library.load().linear_many(products)
     if outs is None:
         return None
     return [out.view(*x.shape[:-1], -1) for out, (_, x) in zip(outs, pairs, strict=True)]
@@ -179,7 +179,7 @@ def attention_step(
     ):
         return False
     norm_arguments = (norm.weight, norm.variance_epsilon) if norm is not None else None
-    return cpu_kernel.load().attention_step(
+    return library.load().attention_step(
         hidden, norm_arguments, weights.descriptors, head_dim, cos.contiguous(), sin.contiguous(), scaling, keys,
         values, length,
     )  # fmt: skip
@@ -207,7 +207,7 @@ def mlp_step(
     routing = (
         (router.weight, router.top_k, router.norm_topk_prob, router.routed_scaling_factor) if router is not None else None
     )
-    return cpu_kernel.load().mlp_step(
+    return library.load().mlp_step(
         hidden, (norm.weight, norm.variance_epsilon), routing,
         routed.descriptors if routed is not None else None, shared.descriptors if shared is not None else None,
     )  # fmt: skip
