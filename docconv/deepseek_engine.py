@@ -19,8 +19,8 @@ from deepseek_ocr import (
     generate_pages,
     load_model,
     plan_runtime,
-    sam,
 )
+from deepseek_ocr.cpu import sam
 from deepseek_ocr.loading import codes_bfloat16, load_config, return_freed_memory
 
 from .engine import (

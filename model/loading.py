@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .configuration import DeepseekOcrConfig
+from .cpu.dispatch import attach_fast_paths
 from .cpu.exponent_coding import can_code, code_linears, exponent_coded_bytes
 from .cpu.int4 import int4_group_size, quantize_linears_int4
 from .cpu.linear import KernelLinear
-from .decoder import DecoderLayer, MoeRouter
+from .decoder import MoeRouter
 from .modeling import DeepseekOcrForConditionalGeneration
+
+logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("deepseek_vl_v2", "deepseek_ocr")
 
@@ -375,6 +379,9 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
         read_mapped_weights_into_memory(model, tensors, KEPT_MAPPED if plan.quant == "4bit" else ())
         return_freed_memory()
     store_routers_in_float32(model)
+    # The modules' CPU variants are chosen now that every weight has its final format, dtype and device.
+    for fast_path in attach_fast_paths(model):
+        logger.info("fast path: %s", fast_path)
     return model.eval()
 
 
@@ -414,21 +421,12 @@ def code_from_checkpoint(model: nn.Module, tensors: CheckpointTensors) -> None:
 def convert_from_checkpoint(
     model: nn.Module, names: list[str], convert: Callable, tensors: CheckpointTensors, modules_per_step: int = 64
 ) -> None:
-    """``convert(model, names, read_weight)`` a few dozen modules at a time, then prepare the
-    kernel's decoding steps. The float temporaries of thousands of small conversions fragment
-    the heap; returning freed memory every few dozen modules keeps the load's peak near the
-    final size."""
+    """``convert(model, names, read_weight)`` a few dozen modules at a time. The float temporaries
+    of thousands of small conversions fragment the heap; returning freed memory every few dozen
+    modules keeps the load's peak near the final size."""
     for start in range(0, len(names), modules_per_step):
         convert(model, names[start : start + modules_per_step], tensors.read)
         return_freed_memory()
-    prepare_kernel_steps(model)
-
-
-def prepare_kernel_steps(model: nn.Module) -> None:
-    """Let each decoder layer's decoding step run in two kernel calls where its weights allow it."""
-    for module in model.modules():
-        if isinstance(module, DecoderLayer):
-            module.prepare_kernel_step()
 
 
 def repack_bitsandbytes_for_cpu(model: nn.Module, modules_per_step: int = 64) -> None:

@@ -12,9 +12,10 @@ from transformers import DynamicCache
 from deepseek_ocr import DeepseekOcrConfig
 from deepseek_ocr.cache import GrowingCache
 from deepseek_ocr.cpu import library
+from deepseek_ocr.cpu.decoder import CpuDecoderLayer, mlp_step
+from deepseek_ocr.cpu.dispatch import attach_fast_paths
 from deepseek_ocr.cpu.exponent_coding import can_code, code_linears
 from deepseek_ocr.cpu.int4 import quantize_linears_int4
-from deepseek_ocr.cpu.linear import mlp_step
 from deepseek_ocr.decoder import DecoderLayer, rotary_cos_sin
 
 PROMPT = 37
@@ -58,7 +59,7 @@ def kernel_layer(weights: str, dtype: torch.dtype, layer_idx: int, config: Deeps
         quantize_linears_int4(layer, names)
     else:
         code_linears(layer, names)
-    layer.prepare_kernel_step()
+    attach_fast_paths(layer)
     return layer
 
 
@@ -137,7 +138,7 @@ def test_several_sequences_go_through_the_mlp_step_together(weights, dtype):
     for row in one_by_one:
         assert mlp_step(row[None], norm, router, routed, shared)
     with torch.inference_mode():
-        separate = hidden + layer.mlp(hidden, norm=norm)
+        separate = hidden + layer.mlp(norm(hidden))
     assert relative_error(together - hidden, separate - hidden) < 0.02
     assert relative_error(together - hidden, one_by_one - hidden) < 0.01
     assert not mlp_step(torch.zeros(17, 1, 128, dtype=dtype), norm, router, routed, shared)  # the kernel's limit
@@ -146,16 +147,18 @@ def test_several_sequences_go_through_the_mlp_step_together(weights, dtype):
 def test_the_step_needs_every_projection_in_a_kernel_format():
     config = small_config()
     config.moe_intermediate_size = 32  # down_proj in int4 groups of 32: no fused path
-    assert kernel_layer("int4", torch.bfloat16, 1, config).kernel_weights is None
+    assert type(kernel_layer("int4", torch.bfloat16, 1, config)) is DecoderLayer
     plain = DecoderLayer(small_config(), 1)
-    plain.prepare_kernel_step()
-    assert plain.kernel_weights is None
+    assert "a decoding step in two kernel calls" not in attach_fast_paths(plain)
+    assert type(plain) is DecoderLayer
 
 
 def test_moving_the_layer_forgets_the_kernel_tables():
     layer = kernel_layer("int4", torch.float32, 1, small_config())
     layer.float()
     assert layer.kernel_weights is None
+    attach_fast_paths(layer)  # attached again, the layer reads its weights' new addresses
+    assert isinstance(layer, CpuDecoderLayer) and layer.kernel_weights is not None
 
 
 @_NO_INT4

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deepseek_ocr import sam
+from deepseek_ocr.cpu import sam
 from docconv import pipeline
 from docconv.cli import app
 
