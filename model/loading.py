@@ -82,10 +82,10 @@ def pick_device(requested: str = "auto") -> str:
     if requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise CheckpointError(
-                f"device {requested!r} requested but CUDA is not available; use --device cpu"
+                f"device {requested!r} requested but CUDA is not available; use device 'cpu'"
             )
         if requested == "mps" and not torch.backends.mps.is_available():
-            raise CheckpointError("device 'mps' requested but MPS is not available; use --device cpu")
+            raise CheckpointError("device 'mps' requested but MPS is not available; use device 'cpu'")
         return requested
     if torch.cuda.is_available():
         return "cuda"
@@ -113,7 +113,7 @@ def pick_attention(device: str, requested: str = "auto") -> str:
     flash_ok = device.startswith("cuda") and _flash_attn_importable()
     if requested == "flash" and not flash_ok:
         raise CheckpointError(
-            "--attn flash needs CUDA and the flash-attn package (pip install 'docconv[gpu]')"
+            "attention 'flash' needs CUDA and the flash-attn package (pip install 'docconv[gpu]')"
         )
     if requested == "flash" or (requested == "auto" and flash_ok):
         return "flash_attention_2"
@@ -230,7 +230,7 @@ def plan_runtime(
     chosen_quant, reason = quant, "requested"
     if quant == "int4" and chosen_device != "cpu":
         raise CheckpointError(
-            f"--quant int4 runs on the CPU only; on {chosen_device} use --quant 4bit (bitsandbytes nf4)"
+            f"quant int4 runs on the CPU only; on {chosen_device} use quant 4bit (bitsandbytes nf4)"
         )
     if quant == "auto":
         chosen_quant, reason = "none", "full precision fits"
@@ -255,12 +255,16 @@ def load_config(path: Path) -> DeepseekOcrConfig:
     if raw.get("model_type") not in MODEL_TYPES:
         raise CheckpointError(
             f"{config_file}: model_type {raw.get('model_type')!r} is not DeepSeek-OCR "
-            f"(expected one of {', '.join(MODEL_TYPES)}); pass a DeepSeek-OCR checkpoint with --model"
+            f"(expected one of {', '.join(MODEL_TYPES)}); pass a DeepSeek-OCR checkpoint"
         )
     try:
-        return DeepseekOcrConfig.from_dict(raw)
+        config = DeepseekOcrConfig.from_dict(raw)
+        # A setting this model does not compute (MLA, grouped routing, ...) would load and read
+        # pages wrongly: refused here, before any weight is read.
+        config.validate_architecture()
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{config_file}: invalid configuration: {error}") from None
+    return config
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -310,7 +314,7 @@ def check_memory(config: DeepseekOcrConfig, plan: RuntimePlan) -> None:
     free = available_memory(plan.device)
     if need > free:
         smallest = "int4" if plan.device == "cpu" else "4bit"
-        suggestion = f"try --quant {smallest}" if plan.quant not in ("4bit", "int4") else "free memory or use a machine with more"
+        suggestion = f"try quant {smallest}" if plan.quant not in ("4bit", "int4") else "free memory or use a machine with more"
         raise CheckpointError(
             f"not enough memory on {plan.device}: the model needs about {need / 1e9:.1f} GB "
             f"({plan.dtype_name}, quant {plan.quant}) but {free / 1e9:.1f} GB is free; {suggestion}"
@@ -345,7 +349,7 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(
-            f"{directory}: not a directory; pass a checkpoint directory or a hub id with --model"
+            f"{directory}: not a directory; pass a checkpoint directory"
         )
     config = load_config(directory)
     check_tensors(directory, config)

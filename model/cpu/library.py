@@ -294,7 +294,7 @@ def describe() -> str:
     kernel = load()
     if kernel is None:
         return (
-            f"not available: {unavailable_reason}; --quant int4 uses PyTorch's int4 kernel (about half as fast), "
+            f"not available: {unavailable_reason}; int4 uses PyTorch's int4 kernel (about half as fast), "
             "bfloat16 runs uncoded on torch"
         )
     best = supported_variants()[0]
