@@ -21,14 +21,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: The tests whose paths depend on the kernel variant or on torch's CPU capabilities.
 TESTS = [
-    "tests/test_int4.py",
-    "tests/test_exponent_coding.py",
-    "tests/test_kernel_steps.py",
-    "tests/test_sam_attention.py",
-    "tests/test_quantization.py",
-    "tests/test_model.py",
-    "tests/test_loading.py",
-    "tests/test_parity.py",
+    "tests/model/test_int4.py",
+    "tests/model/test_exponent_coding.py",
+    "tests/model/test_kernel_steps.py",
+    "tests/model/test_sam_attention.py",
+    "tests/model/test_quantization.py",
+    "tests/model/test_model.py",
+    "tests/model/test_loading.py",
+    "tests/model/test_parity.py",
+    "tests/model/test_dispatch.py",
 ]
 
 def main(arguments: list[str]) -> int:

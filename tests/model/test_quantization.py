@@ -19,7 +19,7 @@ from deepseek_ocr import DeepseekOcrProcessor, load_model, plan_runtime
 from deepseek_ocr.cpu.int4 import Int4Linear
 from deepseek_ocr.generation import greedy_config
 
-from .conftest import PARITY, require_shared
+from ..conftest import PARITY, require_shared
 
 bnb = pytest.importorskip("bitsandbytes")
 

@@ -20,7 +20,7 @@ from deepseek_ocr import (
 )
 from deepseek_ocr.cpu.dispatch import attach_fast_paths
 
-from .conftest import PARITY
+from ..conftest import PARITY
 
 MD_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 FREE_PROMPT = "<image>\nFree OCR."

@@ -14,7 +14,7 @@ from deepseek_ocr.cpu.decoder import CpuMoeMlp, GemvLinear
 from deepseek_ocr.cpu.dispatch import CPU_VARIANTS, attach_fast_paths
 from deepseek_ocr.loading import load_config
 
-MODEL = Path(__file__).resolve().parent.parent / "model"
+MODEL = Path(__file__).resolve().parents[2] / "model"
 #: The files that say what the model computes: plain torch, whatever the machine.
 MODELING_FILES = ["modeling.py", "decoder.py", "sam.py", "clip.py", "cache.py"]
 

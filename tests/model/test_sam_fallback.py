@@ -19,7 +19,7 @@ from deepseek_ocr.cpu import sam
 from docconv import pipeline
 from docconv.cli import app
 
-from .helpers import engine_args, make_image
+from ..helpers import engine_args, make_image
 
 #: What oneDNN says on a CPU without a bfloat16 inner-product kernel (seen on a Zen 3).
 REFUSAL = (
