@@ -42,7 +42,8 @@ onednn_unavailable_reason: str | None = None
 
 @functools.cache
 def onednn_linear() -> FusedLinear | None:
-    """oneDNN's fused linear where it runs bfloat16 on this CPU, else None; decided once, at first use.
+    """oneDNN's fused linear where it runs bfloat16 on this CPU, else None; decided once, when a
+    bfloat16 model is loaded (:meth:`CpuSamAttention.applies`) or at its first use.
 
     The op is private and CPU-dependent: without a bfloat16 inner-product kernel for the CPU
     (AVX2 without AVX-512, as an AMD Zen 3) oneDNN refuses it with "could not create a
