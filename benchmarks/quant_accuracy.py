@@ -4,7 +4,7 @@ For each case of ``shared/fixtures/deepseek-ocr-parity`` (or ``DOCCONV_PARITY_FI
 cosine similarity of the first next-token logits with float32, and how many of the first 24
 greedy tokens agree with float32. ``none`` is bfloat16 as docconv runs it on this CPU
 (exponent-coded where the CPU kernel can), ``none-torch`` bfloat16 with the CPU kernel off.
-``tests/test_quantization.py`` guards the figures on three cases.
+``tests/model/test_quantization.py`` guards the figures on three cases.
 
     python benchmarks/quant_accuracy.py --quant none none-torch 8bit 4bit int4
 """
