@@ -231,9 +231,9 @@ WITHOUT_KERNEL = ("none-torch",)
 
 
 def cpu_kernel_switch() -> str:
-    from deepseek_ocr import cpu_kernel
+    from deepseek_ocr.cpu import library
 
-    return cpu_kernel.ENV_SWITCH
+    return library.ENV_SWITCH
 
 
 def report(rows: list[dict], bandwidth: float, variant: str) -> str:
@@ -270,10 +270,10 @@ def main() -> None:
     parser.add_argument("--worker", choices=list(QUANT_NAMES), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from deepseek_ocr import cpu_kernel
+    from deepseek_ocr.cpu import library
 
     if args.variant and not args.worker:  # the workers, fresh processes, start with it
-        os.environ.update({cpu_kernel.VARIANT_SWITCH: args.variant, **cpu_kernel.TORCH_LIMITS.get(args.variant, {})})
+        os.environ.update({library.VARIANT_SWITCH: args.variant, **library.TORCH_LIMITS.get(args.variant, {})})
     import torch
 
     torch.set_num_threads(args.threads)
@@ -300,7 +300,7 @@ def main() -> None:
         done = subprocess.run(command, check=True, capture_output=True, text=True, env=environment)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    print(report(rows, bandwidth, cpu_kernel.chosen_variant()))
+    print(report(rows, bandwidth, library.chosen_variant()))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ For each case of ``shared/fixtures/deepseek-ocr-parity`` (or ``DOCCONV_PARITY_FI
 cosine similarity of the first next-token logits with float32, and how many of the first 24
 greedy tokens agree with float32. ``none`` is bfloat16 as docconv runs it on this CPU
 (exponent-coded where the CPU kernel can), ``none-torch`` bfloat16 with the CPU kernel off.
-``tests/test_quantization.py`` guards the figures on three cases.
+``tests/model/test_quantization.py`` guards the figures on three cases.
 
     python benchmarks/quant_accuracy.py --quant none none-torch 8bit 4bit int4
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from deepseek_ocr import DeepseekOcrProcessor, cpu_kernel, load_model, plan_runtime
+from deepseek_ocr import DeepseekOcrProcessor, load_model, plan_runtime
+from deepseek_ocr.cpu import library
 from deepseek_ocr.generation import greedy_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,13 +45,13 @@ def kernel_switched_off(off: bool):
     if not off:
         yield
         return
-    os.environ[cpu_kernel.ENV_SWITCH] = "0"
-    cpu_kernel.load.cache_clear()
+    os.environ[library.ENV_SWITCH] = "0"
+    library.load.cache_clear()
     try:
         yield
     finally:
-        del os.environ[cpu_kernel.ENV_SWITCH]
-        cpu_kernel.load.cache_clear()
+        del os.environ[library.ENV_SWITCH]
+        library.load.cache_clear()
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .configuration import DeepseekOcrConfig
-from .decoder import DecoderLayer, MoeRouter
-from .exponent_coding import can_code, code_linears, exponent_coded_bytes
-from .kernel_linear import KernelLinear
+from .cpu.dispatch import attach_fast_paths
+from .cpu.exponent_coding import can_code, code_linears, exponent_coded_bytes
+from .cpu.int4 import int4_group_size, quantize_linears_int4
+from .cpu.linear import KernelLinear
+from .decoder import MoeRouter
 from .modeling import DeepseekOcrForConditionalGeneration
-from .quantization import int4_group_size, quantize_linears_int4
+
+logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("deepseek_vl_v2", "deepseek_ocr")
 
@@ -65,7 +69,7 @@ class RuntimePlan:
 
     device: str
     dtype: torch.dtype
-    quant: str  # none | 8bit | 4bit (bitsandbytes) | int4 (our CPU kernel, quantization.py)
+    quant: str  # none | 8bit | 4bit (bitsandbytes) | int4 (our CPU kernel, cpu/int4.py)
     attn: str  # sdpa | flash_attention_2
     reason: str = ""
 
@@ -78,10 +82,10 @@ def pick_device(requested: str = "auto") -> str:
     if requested != "auto":
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise CheckpointError(
-                f"device {requested!r} requested but CUDA is not available; use --device cpu"
+                f"device {requested!r} requested but CUDA is not available; use device 'cpu'"
             )
         if requested == "mps" and not torch.backends.mps.is_available():
-            raise CheckpointError("device 'mps' requested but MPS is not available; use --device cpu")
+            raise CheckpointError("device 'mps' requested but MPS is not available; use device 'cpu'")
         return requested
     if torch.cuda.is_available():
         return "cuda"
@@ -109,7 +113,7 @@ def pick_attention(device: str, requested: str = "auto") -> str:
     flash_ok = device.startswith("cuda") and _flash_attn_importable()
     if requested == "flash" and not flash_ok:
         raise CheckpointError(
-            "--attn flash needs CUDA and the flash-attn package (pip install 'docconv[gpu]')"
+            "attention 'flash' needs CUDA and the flash-attn package (pip install 'docconv[gpu]')"
         )
     if requested == "flash" or (requested == "auto" and flash_ok):
         return "flash_attention_2"
@@ -226,7 +230,7 @@ def plan_runtime(
     chosen_quant, reason = quant, "requested"
     if quant == "int4" and chosen_device != "cpu":
         raise CheckpointError(
-            f"--quant int4 runs on the CPU only; on {chosen_device} use --quant 4bit (bitsandbytes nf4)"
+            f"quant int4 runs on the CPU only; on {chosen_device} use quant 4bit (bitsandbytes nf4)"
         )
     if quant == "auto":
         chosen_quant, reason = "none", "full precision fits"
@@ -251,12 +255,16 @@ def load_config(path: Path) -> DeepseekOcrConfig:
     if raw.get("model_type") not in MODEL_TYPES:
         raise CheckpointError(
             f"{config_file}: model_type {raw.get('model_type')!r} is not DeepSeek-OCR "
-            f"(expected one of {', '.join(MODEL_TYPES)}); pass a DeepSeek-OCR checkpoint with --model"
+            f"(expected one of {', '.join(MODEL_TYPES)}); pass a DeepSeek-OCR checkpoint"
         )
     try:
-        return DeepseekOcrConfig.from_dict(raw)
+        config = DeepseekOcrConfig.from_dict(raw)
+        # A setting this model does not compute (MLA, grouped routing, ...) would load and read
+        # pages wrongly: refused here, before any weight is read.
+        config.validate_architecture()
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{config_file}: invalid configuration: {error}") from None
+    return config
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -306,7 +314,7 @@ def check_memory(config: DeepseekOcrConfig, plan: RuntimePlan) -> None:
     free = available_memory(plan.device)
     if need > free:
         smallest = "int4" if plan.device == "cpu" else "4bit"
-        suggestion = f"try --quant {smallest}" if plan.quant not in ("4bit", "int4") else "free memory or use a machine with more"
+        suggestion = f"try quant {smallest}" if plan.quant not in ("4bit", "int4") else "free memory or use a machine with more"
         raise CheckpointError(
             f"not enough memory on {plan.device}: the model needs about {need / 1e9:.1f} GB "
             f"({plan.dtype_name}, quant {plan.quant}) but {free / 1e9:.1f} GB is free; {suggestion}"
@@ -341,7 +349,7 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(
-            f"{directory}: not a directory; pass a checkpoint directory or a hub id with --model"
+            f"{directory}: not a directory; pass a checkpoint directory"
         )
     config = load_config(directory)
     check_tensors(directory, config)
@@ -375,6 +383,9 @@ def load_model(path: str | os.PathLike[str], plan: RuntimePlan) -> DeepseekOcrFo
         read_mapped_weights_into_memory(model, tensors, KEPT_MAPPED if plan.quant == "4bit" else ())
         return_freed_memory()
     store_routers_in_float32(model)
+    # The modules' CPU variants are chosen now that every weight has its final format, dtype and device.
+    for fast_path in attach_fast_paths(model):
+        logger.info("fast path: %s", fast_path)
     return model.eval()
 
 
@@ -407,28 +418,19 @@ def quantize_from_checkpoint(model: nn.Module, tensors: CheckpointTensors) -> No
 
 def code_from_checkpoint(model: nn.Module, tensors: CheckpointTensors) -> None:
     """Exponent-code the bfloat16 decoder linears and lm_head (lossless, 3/4 of the bytes; see
-    :mod:`.exponent_coding`), reading each weight from the file; the vision tower stays as it is."""
+    :mod:`.cpu.exponent_coding`), reading each weight from the file; the vision tower stays as it is."""
     convert_from_checkpoint(model, codable_linears(model), code_linears, tensors)
 
 
 def convert_from_checkpoint(
     model: nn.Module, names: list[str], convert: Callable, tensors: CheckpointTensors, modules_per_step: int = 64
 ) -> None:
-    """``convert(model, names, read_weight)`` a few dozen modules at a time, then prepare the
-    kernel's decoding steps. The float temporaries of thousands of small conversions fragment
-    the heap; returning freed memory every few dozen modules keeps the load's peak near the
-    final size."""
+    """``convert(model, names, read_weight)`` a few dozen modules at a time. The float temporaries
+    of thousands of small conversions fragment the heap; returning freed memory every few dozen
+    modules keeps the load's peak near the final size."""
     for start in range(0, len(names), modules_per_step):
         convert(model, names[start : start + modules_per_step], tensors.read)
         return_freed_memory()
-    prepare_kernel_steps(model)
-
-
-def prepare_kernel_steps(model: nn.Module) -> None:
-    """Let each decoder layer's decoding step run in two kernel calls where its weights allow it."""
-    for module in model.modules():
-        if isinstance(module, DecoderLayer):
-            module.prepare_kernel_step()
 
 
 def repack_bitsandbytes_for_cpu(model: nn.Module, modules_per_step: int = 64) -> None:

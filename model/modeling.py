@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache import GrowingCache
 from .clip import ClipVisionModel
 from .configuration import DeepseekOcrConfig
-from .decoder import DecoderLayer, MoeRouter, RMSNorm, linear, rotary_cos_sin
+from .decoder import DecoderLayer, MoeRouter, RMSNorm, rotary_cos_sin
 from .sam import LayerNorm2d, SamAttention, SamEncoder
 
 #: Vision inputs are consumed by the prefill only; decode steps must not re-encode the page.
@@ -274,7 +274,7 @@ class DeepseekOcrForConditionalGeneration(DeepseekOcrPreTrainedModel, Generation
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = linear(self.lm_head, hidden).float()
+        logits = self.lm_head(hidden).float()
         return CausalLMOutputWithPast(
             logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )

@@ -4,23 +4,18 @@ Windowed attention (14x14) in most blocks and global attention in a few keeps ac
 memory low at 1024-1280 px; the neck and two stride-2 convolutions then cut the token count
 16x before the dense CLIP half. Parameter names follow the official checkpoint
 (``model.sam_model.*``).
+
+This file is plain torch and says what SAM computes. On a CPU the loader gives its attention
+and MLP variants that compute the same faster (:mod:`.cpu.sam`).
 """
 
 from __future__ import annotations
-
-import functools
-import logging
-import os
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernel
 from .configuration import SamConfig
-
-logger = logging.getLogger(__name__)
 
 #: Attention-bias elements materialised at once; larger maps are processed in chunks of query
 #: rows (identical result per row). Summed by broadcasting (float32), 4M elements keeps a chunk's
@@ -29,88 +24,6 @@ logger = logging.getLogger(__name__)
 #: ran about as fast as 8M and faster than 32M-64M: 1024 px 3.43 s, 4.21 s added in 4M chunks.
 _MAX_ADDED_BIAS_ELEMENTS = 1 << 22
 _MAX_MULTIPLIED_BIAS_ELEMENTS = 1 << 24
-
-
-#: Set to 0 to keep SAM's bfloat16 linears off oneDNN's fused linear: they then run on torch's
-#: linear (and GELU), as they do where this CPU or torch build refuses the fused op.
-ONEDNN_LINEAR_SWITCH = "DEEPSEEK_OCR_ONEDNN_LINEAR"
-
-#: oneDNN's fused linear: (input, weight, bias, post-op, post-op scalars, post-op algorithm).
-FusedLinear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, str, list, str], torch.Tensor]
-
-#: Why :func:`onednn_linear` returned None, for the engine's ``-v`` line.
-onednn_unavailable_reason: str | None = None
-
-
-@functools.cache
-def onednn_linear() -> FusedLinear | None:
-    """oneDNN's fused linear where it runs bfloat16 on this CPU, else None; decided once, at first use.
-
-    The op is private and CPU-dependent: without a bfloat16 inner-product kernel for the CPU
-    (AVX2 without AVX-512, as an AMD Zen 3) oneDNN refuses it with "could not create a
-    primitive descriptor for the inner product forward propagation primitive", so it is tried
-    on a tiny input, in both forms :func:`linear` uses, before SAM relies on it.
-    """
-    global onednn_unavailable_reason
-    if os.environ.get(ONEDNN_LINEAR_SWITCH, "1") == "0":
-        onednn_unavailable_reason = f"switched off ({ONEDNN_LINEAR_SWITCH}=0)"
-        return None
-    try:
-        fused = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):  # a build without oneDNN's fused linear
-        fused = None
-    if fused is None:
-        onednn_unavailable_reason = "not in this torch build"
-        return None
-    x, weight, bias = (torch.ones(shape, dtype=torch.bfloat16) for shape in ((2, 32), (16, 32), (16,)))
-    try:
-        with torch.inference_mode():
-            fused(x, weight, bias, "none", [], "")
-            fused(x, weight, bias, "gelu", [], "none")
-    except RuntimeError as error:
-        # The first sentence: oneDNN appends advice on its verbose mode, not about this CPU.
-        detail = (
-            str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        onednn_unavailable_reason = f"refused on this CPU ({detail})"
-        logger.info(
-            "oneDNN's fused linear %s; SAM's bfloat16 linears run on torch", onednn_unavailable_reason
-        )
-        return None
-    return fused
-
-
-def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-    """``layer(x)``, or ``F.gelu(layer(x))`` with ``gelu``; a contiguous bfloat16 input on the CPU goes
-    through oneDNN's linear with the bias (and the GELU) fused.
-
-    torch's CPU addmm first writes the broadcast bias into the output and then accumulates the
-    product onto it; oneDNN adds the bias to the float32 sums, rounding the same way (the
-    outputs are bit-identical, a test checks) in ~17% less time on SAM's shapes (4096 x 768 ->
-    3072: 26.9 ms against 34.6). Non-contiguous inputs take another torch path with other
-    rounding, so they keep ``layer(x)``. The fused GELU (erf, as ``F.gelu``) is applied to the
-    float32 sums before the one rounding to bfloat16, where torch rounds the linear's output and
-    then the GELU's: one rounding fewer (closer to float32, a test checks), and no pass over a
-    25 MB intermediate per 1024 px MLP (a SAM pass 2.54 s against 2.76 s, alternated).
-
-    Where oneDNN refuses the op (:func:`onednn_linear`), every input takes torch's path.
-    """
-    if (
-        x.device.type == "cpu"
-        and x.dtype == layer.weight.dtype == torch.bfloat16
-        and layer.bias is not None
-        and x.is_contiguous()
-        and (fused := onednn_linear()) is not None
-    ):
-        try:
-            return fused(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
-        except RuntimeError as error:
-            # The probe passed, but oneDNN also picks its kernel by shape and might refuse this one:
-            # torch's path below computes the same linear (rounding the GELU's input once more).
-            logger.debug(
-                "oneDNN's fused linear refused a %s input (%s); torch's linear instead", tuple(x.shape), error
-            )
-    return F.gelu(layer(x)) if gelu else layer(x)
 
 
 def resize_abs_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
@@ -184,13 +97,8 @@ class SamAttention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size - 1, self.head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
-        qkv = linear(self.qkv, x)  # (b, h, w, 3 * width): (3, heads, head_dim) per position
-        rel_h, rel_w = self.relative_terms(qkv)
-        out = self._attend_on_amx(qkv, rel_h, rel_w)
-        if out is None:
-            out = self._attend(qkv, rel_h, rel_w)
-        return linear(self.proj, out)
+        qkv = self.qkv(x)  # (b, h, w, 3 * width): (3, heads, head_dim) per position
+        return self.proj(self._attend(qkv, *self.relative_terms(qkv)))
 
     def relative_terms(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The bias terms (b, heads, h, w, h) and (b, heads, h, w, w) from the UNSCALED queries:
@@ -200,18 +108,6 @@ class SamAttention(nn.Module):
         rel_h = torch.einsum("bnywc,ykc->bnywk", q, get_rel_pos(h, h, self.rel_pos_h))
         rel_w = torch.einsum("bnywc,wkc->bnywk", q, get_rel_pos(w, w, self.rel_pos_w))
         return rel_h, rel_w
-
-    def _attend_on_amx(self, qkv: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor | None:
-        """(b, h, w, width) from the CPU kernel's attention (bfloat16 on AMX), or None where it does not run."""
-        if not (qkv.dtype == torch.bfloat16 and qkv.device.type == "cpu" and not qkv.requires_grad):
-            return None
-        kernel = cpu_kernel.load()
-        if kernel is None or not kernel.amx_attention:
-            return None
-        b, h, w, width = qkv.shape[0], qkv.shape[1], qkv.shape[2], qkv.shape[3] // 3
-        out = qkv.new_empty(b, h, w, width)
-        done = kernel.sam_attention(qkv.contiguous(), self.num_heads, rel_h.contiguous(), rel_w.contiguous(), out)
-        return out if done else None
 
     def _attend(self, qkv: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
         """(b, h, w, width) by torch's SDPA with the bias materialised, a chunk of query rows at a time."""
@@ -259,7 +155,7 @@ class SamMlp(nn.Module):
         self.lin2 = nn.Linear(hidden, config.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.lin2, linear(self.lin1, x, gelu=True))
+        return self.lin2(F.gelu(self.lin1(x)))
 
 
 class SamBlock(nn.Module):

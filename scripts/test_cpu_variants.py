@@ -21,23 +21,24 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: The tests whose paths depend on the kernel variant or on torch's CPU capabilities.
 TESTS = [
-    "tests/test_int4.py",
-    "tests/test_exponent_coding.py",
-    "tests/test_kernel_steps.py",
-    "tests/test_sam_attention.py",
-    "tests/test_quantization.py",
-    "tests/test_model.py",
-    "tests/test_loading.py",
-    "tests/test_parity.py",
+    "tests/model/test_int4.py",
+    "tests/model/test_exponent_coding.py",
+    "tests/model/test_kernel_steps.py",
+    "tests/model/test_sam_attention.py",
+    "tests/model/test_quantization.py",
+    "tests/model/test_model.py",
+    "tests/model/test_loading.py",
+    "tests/model/test_parity.py",
+    "tests/model/test_dispatch.py",
 ]
 
 def main(arguments: list[str]) -> int:
-    from deepseek_ocr import cpu_kernel
+    from deepseek_ocr.cpu import library
 
-    variants = cpu_kernel.supported_variants()[1:]
+    variants = library.supported_variants()[1:]
     print(f"kernel variants below this CPU's best: {', '.join(variants) or 'none'}", flush=True)
     for variant in variants:
-        environment = {**os.environ, cpu_kernel.VARIANT_SWITCH: variant, **cpu_kernel.TORCH_LIMITS.get(variant, {})}
+        environment = {**os.environ, library.VARIANT_SWITCH: variant, **library.TORCH_LIMITS.get(variant, {})}
         print(f"\n=== variant {variant} ===", flush=True)
         status = subprocess.run([sys.executable, "-m", "pytest", "-q", *TESTS, *arguments], cwd=REPO, env=environment)
         if status.returncode:

@@ -25,7 +25,8 @@ def test_every_public_name_resolves_from_its_module() -> None:
 
 
 def test_submodules_still_import_by_name() -> None:
-    from deepseek_ocr import cpu_kernel, loading
+    from deepseek_ocr import loading
+    from deepseek_ocr.cpu import library
 
     assert loading.load_model is deepseek_ocr.load_model
-    assert callable(cpu_kernel.describe)
+    assert callable(library.describe)

@@ -59,10 +59,10 @@ def report_rows(settings: Settings) -> Iterator[Row]:
 
 def _cpu_kernel() -> str:
     try:
-        from deepseek_ocr import cpu_kernel
+        from deepseek_ocr.cpu import library
     except Exception as error:  # noqa: BLE001 - a broken install raises anything; doctor reports it
         return f"not importable ({type(error).__name__}: {error})"
-    return cpu_kernel.describe()
+    return library.describe()
 
 
 def _version(package: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,8 +20,8 @@ from deepseek_ocr import (
     generate_pages,
     load_model,
     plan_runtime,
-    sam,
 )
+from deepseek_ocr.cpu import sam
 from deepseek_ocr.generation_settings import REPEATABLE_TOKENS
 from deepseek_ocr.loading import codes_bfloat16, load_config, return_freed_memory
 from docconv.engines.base import (
@@ -35,6 +36,16 @@ from docconv.models.errors import WeightsError
 from docconv.models.resolve import resolve_model
 
 log = logging.getLogger("docconv.engines.deepseek")
+
+#: The model package names its settings as it knows them ("quant int4", "device 'cpu'"); the user
+#: set them with these options.
+_OPTION_OF_SETTING = {"quant": "--quant", "device": "--device", "attention": "--attn", "dtype": "--dtype"}
+_SETTING = re.compile(r"\b(quant|device|attention|dtype) '?([\w-]+)'?")
+
+
+def with_option_names(message: str) -> str:
+    """A model error as docconv's user reads it: "use quant 4bit" -> "use --quant 4bit"."""
+    return _SETTING.sub(lambda m: f"{_OPTION_OF_SETTING[m.group(1)]} {m.group(2)}", message)
 
 
 def resolve_checkpoint(options: EngineOptions) -> Path:
@@ -64,7 +75,7 @@ class DeepseekOcrEngine:
             self.model = load_model(checkpoint, self.plan)
             self.processor = DeepseekOcrProcessor.from_pretrained(checkpoint, max_tiles=options.max_tiles)
         except (CheckpointError, ValueError) as error:
-            raise EngineError(str(error)) from None
+            raise EngineError(with_option_names(str(error))) from None
         self.checkpoint = checkpoint
         self.device = self.plan.device
         self.dtype = self.plan.dtype_name

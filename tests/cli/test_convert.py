@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import docconv
@@ -216,7 +217,7 @@ def test_int4_quantized_engine_converts_and_says_so(tmp_path: Path, tiny: list[s
 
 
 def test_verbose_says_when_bfloat16_weights_are_exponent_coded(tmp_path: Path, tiny: list[str]) -> None:
-    from deepseek_ocr.exponent_coding import can_code
+    from deepseek_ocr.cpu.exponent_coding import can_code
 
     if not can_code():
         pytest.skip("no AVX512-BF16: bfloat16 stays uncoded")
@@ -230,6 +231,17 @@ def test_engine_that_cannot_start_exits_3(tmp_path: Path) -> None:
     result = invoke(make_pdf(tmp_path / "a.pdf", 1), "--model", tmp_path / "no-such-model", "--device", "cpu")
     assert result.exit_code == 3
     assert "engine could not start" in result.stderr
+
+
+def test_a_setting_the_model_refuses_is_named_by_its_option(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The model package says "quant 4bit"; the user typed options, so docconv names those."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: --quant int4 on cuda is a different refusal")
+    args = ["--model", str(tiny_model_dir), "--device", "cuda", "--quant", "int4"]
+    result = invoke(make_pdf(tmp_path / "a.pdf", 1), "-o", tmp_path / "a.md", *args)
+    assert result.exit_code == 3
+    assert "--device cuda requested but CUDA is not available; use --device cpu" in result.stderr
+    assert not (tmp_path / "a.md").exists()
 
 
 def test_bad_pages_value_is_a_usage_error(tmp_path: Path, tiny: list[str]) -> None:

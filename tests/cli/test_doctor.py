@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepseek_ocr import cpu_kernel
+from deepseek_ocr.cpu import library
 from docconv.cli.doctor import report_rows
 from docconv.cli.settings import KEYS, env_var, load_settings
 
@@ -38,7 +38,7 @@ def test_report_names_versions_accelerators_and_the_cache(isolated: Path) -> Non
     assert report["cached models"].startswith("none")
     assert "bitsandbytes" in report and "flash-attn" in report
     # gcc is on this machine kind, so the kernel builds; which paths depends on the CPU and the variant.
-    flags, kernel, variant = Path("/proc/cpuinfo").read_text(), report["cpu kernel"], cpu_kernel.chosen_variant()
+    flags, kernel, variant = Path("/proc/cpuinfo").read_text(), report["cpu kernel"], library.chosen_variant()
     assert kernel.startswith(f"built, variant {variant} (")
     avx512 = variant in ("amx", "avx512")
     assert ("int4 on AVX-512 VNNI" in kernel) == ("avx512_vnni" in flags and avx512)

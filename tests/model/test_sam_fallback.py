@@ -15,11 +15,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deepseek_ocr import sam
+from deepseek_ocr.cpu import sam
 from docconv.cli import app
 from docconv.run import pipeline
 
-from .helpers import engine_args, make_image
+from ..helpers import engine_args, make_image
 
 #: What oneDNN says on a CPU without a bfloat16 inner-product kernel (seen on a Zen 3).
 REFUSAL = (
@@ -36,9 +36,11 @@ PROBE = sam.onednn_linear
 
 @pytest.fixture(autouse=True)
 def fresh_probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test probes anew, and the tests after it probe the real op again."""
+    """Each test probes anew, and the tests after it probe the real op again; engines loaded here
+    (some with the op refused) are not handed to later tests, which load their own and log it."""
     for name in [name for name in os.environ if name.startswith("DOCCONV_")]:
         monkeypatch.delenv(name)
+    monkeypatch.setattr(pipeline, "_ENGINES", {})
     monkeypatch.delenv(sam.ONEDNN_LINEAR_SWITCH, raising=False)
     PROBE.cache_clear()
     yield

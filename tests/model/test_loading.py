@@ -13,14 +13,14 @@ from safetensors.torch import load_file, save_file
 from deepseek_ocr import (
     CheckpointError,
     DeepseekOcrConfig,
-    cpu_kernel,
     estimate_weight_bytes,
     load_model,
     loading,
     plan_runtime,
 )
-from deepseek_ocr.exponent_coding import ExponentCodedLinear
-from deepseek_ocr.quantization import Int4Linear
+from deepseek_ocr.cpu import library
+from deepseek_ocr.cpu.exponent_coding import ExponentCodedLinear
+from deepseek_ocr.cpu.int4 import Int4Linear
 
 from .test_quantization import case_inputs, greedy
 
@@ -101,7 +101,7 @@ def test_missing_tensor_is_reported(checkpoint: Path):
 def test_refuses_to_load_without_enough_memory(checkpoint: Path, monkeypatch):
     monkeypatch.setattr(loading, "available_memory", lambda device: 1_000_000)
     message = load_error(checkpoint)
-    assert "not enough memory" in message and "GB is free" in message and "--quant int4" in message
+    assert "not enough memory" in message and "GB is free" in message and "try quant int4" in message and "--" not in message
 
 
 def test_auto_quantizes_to_4bit_when_full_precision_does_not_fit(monkeypatch, reference_dir):
@@ -126,7 +126,7 @@ def test_auto_keeps_lossless_bfloat16_where_only_the_coded_weights_fit(monkeypat
 def test_int4_is_refused_off_the_cpu(monkeypatch):
     monkeypatch.setattr(loading, "pick_device", lambda requested: "cuda")
     monkeypatch.setattr(loading, "pick_dtype", lambda device, requested: torch.bfloat16)
-    with pytest.raises(CheckpointError, match="--quant int4 runs on the CPU only; on cuda use --quant 4bit"):
+    with pytest.raises(CheckpointError, match="quant int4 runs on the CPU only; on cuda use quant 4bit"):
         plan_runtime(device="cuda", quant="int4")
 
 
@@ -180,7 +180,7 @@ def test_a_float32_model_of_a_bfloat16_checkpoint_codes_its_decoder_and_computes
     assert isinstance(coded.lm_head, ExponentCodedLinear) and "ExponentCodedLinear" in kinds
     floating = [t for m in coded.modules() if not isinstance(m, ExponentCodedLinear) for t in m.parameters(recurse=False)]
     assert floating and all(t.dtype == torch.float32 for t in floating)
-    monkeypatch.setattr(cpu_kernel, "load", lambda: None)  # the plain float32 load: every weight upcast
+    monkeypatch.setattr(library, "load", lambda: None)  # the plain float32 load: every weight upcast
     plain = load_model(bfloat16_checkpoint, plan)
     monkeypatch.undo()
     assert not any(isinstance(m, ExponentCodedLinear) for m in plain.modules())
@@ -198,3 +198,12 @@ def test_a_float32_int4_model_of_a_bfloat16_checkpoint_widens_only_what_int4_lea
     for module in model.modules():
         if not isinstance(module, Int4Linear):
             assert all(t.dtype == torch.float32 for t in module.parameters(recurse=False)), type(module)
+
+
+@pytest.mark.parametrize(("key", "value"), [("use_mla", True), ("topk_method", "group_limited_greedy")])
+def test_an_architecture_the_model_does_not_compute_is_refused_before_loading(checkpoint: Path, key, value):
+    config = json.loads((checkpoint / "config.json").read_text())
+    config[key] = value
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    message = load_error(checkpoint)
+    assert "invalid configuration" in message and "--" not in message  # the model package names no CLI flag

@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import cpu_kernel
-from .kernel_linear import KernelLinear, replace_linears
+from . import library
+from .linear import KernelLinear, replace_linears
 
 
 class ExponentCodedLinear(KernelLinear):
@@ -43,18 +43,18 @@ class ExponentCodedLinear(KernelLinear):
         if weight.dtype != torch.bfloat16:
             raise ValueError(f"exponent coding is for bfloat16 weights, not {weight.dtype}")
         layer = cls(weight.shape[1], weight.shape[0], bias)
-        layer.codes, layer.tables, layer.exception_rows, layer.exceptions = cpu_kernel.load().bf16c_encode(weight)
+        layer.codes, layer.tables, layer.exception_rows, layer.exceptions = library.load().bf16c_encode(weight)
         return layer
 
     def takes_kernel(self) -> bool:
         return can_code()
 
     def descriptor_fields(self) -> tuple[int, int, tuple[torch.Tensor, ...]]:
-        return cpu_kernel.FORMAT_BF16C, 0, (self.codes, self.tables, self.exception_rows, self.exceptions)
+        return library.FORMAT_BF16C, 0, (self.codes, self.tables, self.exception_rows, self.exceptions)
 
     def decoded_weight(self) -> torch.Tensor:
         """The (out, in) bfloat16 weight, bit for bit as it was coded."""
-        kernel = cpu_kernel.load()
+        kernel = library.load()
         if kernel is not None:
             return kernel.bf16c_decode(self.descriptor(), (self.out_features, self.in_features))
         return decode_exponent_coded(self.codes, self.tables, self.exception_rows, self.exceptions, self.in_features)
@@ -88,13 +88,13 @@ def decode_exponent_coded(
 
 def can_code() -> bool:
     """Whether this machine's kernel multiplies exponent-coded weights (AVX512-BF16)."""
-    kernel = cpu_kernel.load()
+    kernel = library.load()
     return kernel is not None and kernel.coded_bf16
 
 
 def code_linears(model: nn.Module, names: list[str], read_weight: Callable[[str], torch.Tensor] | None = None) -> None:
     """Replace the named bfloat16 ``nn.Linear`` submodules of ``model`` by :class:`ExponentCodedLinear`
-    (``read_weight`` as :func:`~.kernel_linear.replace_linears` takes it)."""
+    (``read_weight`` as :func:`~.linear.replace_linears` takes it)."""
 
     def code(linear: nn.Linear, weight: torch.Tensor) -> ExponentCodedLinear:
         # A checkpoint stored in float32 (the test fixtures) becomes bfloat16 as from_pretrained makes it.

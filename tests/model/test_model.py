@@ -18,8 +18,9 @@ from deepseek_ocr import (
     load_model,
     plan_runtime,
 )
+from deepseek_ocr.cpu.dispatch import attach_fast_paths
 
-from .conftest import PARITY
+from ..conftest import PARITY
 
 MD_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 FREE_PROMPT = "<image>\nFree OCR."
@@ -140,7 +141,7 @@ def test_from_pretrained_loads_the_official_layout_without_key_mismatches(tiny_m
 
 @pytest.mark.parametrize("shape", [(1, 8, 8, 96), (25, 14, 14, 96), (3, 96)])
 def test_sam_linears_on_onednn_give_the_bits_of_the_torch_linear(shape):
-    from deepseek_ocr import sam
+    from deepseek_ocr.cpu import sam
 
     if sam.onednn_linear() is None:
         pytest.skip(f"oneDNN's fused linear is not used here: {sam.onednn_unavailable_reason}")
@@ -154,7 +155,7 @@ def test_sam_linears_on_onednn_give_the_bits_of_the_torch_linear(shape):
 
 
 def test_sam_mlp_gelu_fused_on_onednn_is_closer_to_float32_than_torch_rounding_twice():
-    from deepseek_ocr import sam
+    from deepseek_ocr.cpu import sam
 
     if sam.onednn_linear() is None:
         pytest.skip(f"oneDNN's fused linear is not used here: {sam.onednn_unavailable_reason}")
@@ -198,6 +199,8 @@ def test_sam_attention_in_bfloat16_follows_float32(tiny):
         for p in (attention.rel_pos_h, attention.rel_pos_w):
             p.copy_(torch.randn_like(p))  # a visible bias (the tiny checkpoint's is near zero)
         reference = attention(x)
-        halved = copy.deepcopy(attention).to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+        halved_attention = copy.deepcopy(attention).to(torch.bfloat16)
+        attach_fast_paths(halved_attention)  # the CPU path a bfloat16 load takes, where this machine has one
+        halved = halved_attention(x.to(torch.bfloat16)).float()
     cosine = torch.nn.functional.cosine_similarity(halved.flatten(), reference.flatten(), dim=0)
     assert cosine > 0.999

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deepseek_ocr import cpu_kernel
+from deepseek_ocr.cpu import library
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 
@@ -31,39 +31,39 @@ def fake_compiler(directory: Path, version: str) -> Path:
 
 
 def test_a_corrupt_cached_library_is_built_again(cache):
-    library = cpu_kernel.build("portable")
-    assert library.parent == cache
-    library.write_bytes(b"not a shared object")  # a truncated write, a full disk
-    opened = cpu_kernel._open(library)
-    assert cpu_kernel.CpuKernel(opened).variant == "portable"
-    assert library.read_bytes()[:4] == b"\x7fELF"
+    built = library.build("portable")
+    assert built.parent == cache
+    built.write_bytes(b"not a shared object")  # a truncated write, a full disk
+    opened = library._open(built)
+    assert library.CpuKernel(opened).variant == "portable"
+    assert built.read_bytes()[:4] == b"\x7fELF"
 
 
 def test_a_file_that_loads_but_is_not_the_kernel_is_built_again(cache, tmp_path):
-    library = cpu_kernel.build("portable")
+    built = library.build("portable")
     stranger = tmp_path / "stranger.c"
     stranger.write_text("int something_else(void) { return 1; }\n")
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(library), str(stranger)], check=True)
-    assert cpu_kernel.CpuKernel(cpu_kernel._open(library)).variant == "portable"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(built), str(stranger)], check=True)
+    assert library.CpuKernel(library._open(built)).variant == "portable"
 
 
 def test_a_compiler_with_arguments_builds(cache, monkeypatch):
     monkeypatch.setenv("CC", "env cc")  # as CC="ccache gcc" is written
-    assert cpu_kernel._compiler() == ["env", "cc"]
-    assert cpu_kernel.CpuKernel(ctypes.CDLL(str(cpu_kernel.build("portable")))).variant == "portable"
+    assert library._compiler() == ["env", "cc"]
+    assert library.CpuKernel(ctypes.CDLL(str(library.build("portable")))).variant == "portable"
 
 
 def test_a_missing_compiler_is_named(monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler --flag")
     with pytest.raises(OSError, match="no C compiler \\(no-such-compiler --flag\\)"):
-        cpu_kernel._compiler()
+        library._compiler()
 
 
 def test_a_new_compiler_version_builds_a_new_library(cache, tmp_path, monkeypatch):
     built = []
     for version in ("1.0", "2.0"):  # the same $CC, upgraded in place
         monkeypatch.setenv("CC", str(fake_compiler(tmp_path, version)))
-        cpu_kernel._compiler_version.cache_clear()
-        built.append(cpu_kernel.build("portable"))
-    cpu_kernel._compiler_version.cache_clear()
+        library._compiler_version.cache_clear()
+        built.append(library.build("portable"))
+    library._compiler_version.cache_clear()
     assert built[0] != built[1] and all(path.is_file() for path in built)

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from deepseek_ocr import cpu_kernel
-from deepseek_ocr.kernel_linear import linear_many
-from deepseek_ocr.quantization import Int4Linear, dequantize_int4, int4_group_size, quantize_linears_int4
+from deepseek_ocr.cpu import library
+from deepseek_ocr.cpu.int4 import Int4Linear, dequantize_int4, int4_group_size, quantize_linears_int4
+from deepseek_ocr.cpu.linear import linear_many
 
 KERNEL_MAX_ROWS = Int4Linear.kernel_max_rows
 
 needs_vector_int4 = pytest.mark.skipif(
-    cpu_kernel.load() is None or not cpu_kernel.load().int4_fast,
+    library.load() is None or not library.load().int4_fast,
     reason="this kernel variant has no vector int4 path (portable): int4 layers take PyTorch's int4 kernel",
 )
 
@@ -67,9 +67,9 @@ def test_group_size_follows_the_kernel_constraints(out_features, in_features, gr
 
 def test_the_kernel_builds_on_a_machine_with_a_c_compiler():
     # CI and the quickstart machines have gcc; a silent fallback there would cost the int4 speed.
-    kernel = cpu_kernel.load()
+    kernel = library.load()
     assert kernel is not None
-    assert cpu_kernel._cache_dir() in Path(kernel.library._name).parents
+    assert library._cache_dir() in Path(kernel.library._name).parents
 
 
 def test_the_c_dequantization_matches_the_torch_one():
@@ -87,7 +87,7 @@ def test_kernel_vector_and_portable_paths_match_the_float_product(rows, dtype, o
     layer = quantized_copy(nn.Linear(in_features, out_features, bias=False))
     x = torch.randn(rows, in_features).to(dtype)
     expected = x.float() @ layer.decoded_weight().float().T
-    kernel = cpu_kernel.load()
+    kernel = library.load()
     for portable in (False, True):
         out = kernel.linear(x, layer.descriptor(), out_features, portable=portable)
         assert out.dtype == dtype and out.shape == (rows, out_features)
@@ -101,7 +101,7 @@ def test_prefill_sized_inputs_and_the_fallback_agree_with_the_kernel(monkeypatch
     decode = torch.randn(1, 256, dtype=torch.bfloat16)
     prefill = torch.randn(KERNEL_MAX_ROWS + 1, 256, dtype=torch.bfloat16)
     with_kernel = layer(decode).float(), layer(prefill).float()
-    monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+    monkeypatch.setattr(library, "load", lambda: None)
     without_kernel = layer(decode).float(), layer(prefill).float()
     torch.testing.assert_close(without_kernel[0], with_kernel[0], atol=0.02, rtol=0.02)
     torch.testing.assert_close(without_kernel[1], with_kernel[1], atol=1e-2, rtol=1e-2)
@@ -112,7 +112,7 @@ def test_kernel_refuses_a_width_its_groups_do_not_divide():
     descriptor = layer.descriptor().clone()
     descriptor[3] = 48  # groups of 48 do not divide 64 inputs
     with pytest.raises(ValueError, match="CPU kernel refused"):
-        cpu_kernel.load().linear(torch.randn(1, 64), descriptor, 8)
+        library.load().linear(torch.randn(1, 64), descriptor, 8)
 
 
 @needs_vector_int4
@@ -156,10 +156,10 @@ def test_without_a_vector_int4_path_layers_use_pytorchs_kernel_on_the_same_value
     linear = nn.Linear(256, 48, bias=False, dtype=torch.bfloat16)
     ours = quantized_copy(linear)
     if kernel == "none":
-        monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+        monkeypatch.setattr(library, "load", lambda: None)
     else:
-        portable = cpu_kernel.CpuKernel(ctypes.CDLL(str(cpu_kernel.build("portable"))))
-        monkeypatch.setattr(cpu_kernel, "load", lambda: portable)
+        portable = library.CpuKernel(ctypes.CDLL(str(library.build("portable"))))
+        monkeypatch.setattr(library, "load", lambda: portable)
     theirs = quantized_copy(linear)
     assert theirs.pytorch_layout and not ours.pytorch_layout
     assert torch.equal(theirs.decoded_weight(), ours.decoded_weight())

@@ -14,9 +14,9 @@ Layout (what ``kernels/cpu_decode.c`` reads)::
                                            and input j + group/2 in its high nibble
     scale_and_zero bfloat16 (out, in/group, 2)
 
-Up to :attr:`~.kernel_linear.KernelLinear.kernel_max_rows` activation rows (decoding) go through
+Up to :attr:`~.linear.KernelLinear.kernel_max_rows` activation rows (decoding) go through
 the C kernel, which quantizes the activations to int8 per group and multiplies with VNNI integer
-dot products; decoding steps run whole layers in it (:mod:`.kernel_linear`). Longer inputs
+dot products; decoding steps run whole layers in it (:mod:`.linear`). Longer inputs
 (prefill) unpack the weight to bfloat16 and use torch's matmul, where the compute is better
 spent. PyTorch ships an int4 CPU kernel too (``aten::_weight_int4pack_mm_for_cpu``, what
 torchao wraps); it converts every weight to float before its multiply-add and is compute-bound
@@ -31,8 +31,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import cpu_kernel
-from .kernel_linear import KernelLinear, replace_linears
+from . import library
+from .linear import KernelLinear, replace_linears
 
 #: Group sizes, largest first; a layer takes the largest that divides its input width.
 GROUP_SIZES = (64, 32)
@@ -61,10 +61,10 @@ class Int4Linear(KernelLinear):
         self.pytorch_layout = False
 
     def takes_kernel(self) -> bool:
-        return not self.pytorch_layout and cpu_kernel.load() is not None
+        return not self.pytorch_layout and library.load() is not None
 
     def takes_fused_steps(self) -> bool:
-        kernel = cpu_kernel.load()
+        kernel = library.load()
         return super().takes_fused_steps() and self.group_size == 64 and kernel.int4_fast
 
     def forward_without_kernel(self, rows: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,7 @@ class Int4Linear(KernelLinear):
         return super().forward_without_kernel(rows)
 
     def descriptor_fields(self) -> tuple[int, int, tuple[torch.Tensor, ...]]:
-        return cpu_kernel.FORMAT_INT4, self.group_size, (self.packed_weight, self.scale_and_zero)
+        return library.FORMAT_INT4, self.group_size, (self.packed_weight, self.scale_and_zero)
 
     def decoded_weight(self) -> torch.Tensor:
         """The (out, in) bfloat16 weight this layer computes with."""
@@ -85,7 +85,7 @@ class Int4Linear(KernelLinear):
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 eye, self.packed_weight, self.group_size, self.scale_and_zero
             ).T.contiguous()
-        kernel = cpu_kernel.load()
+        kernel = library.load()
         if kernel is not None:
             return kernel.int4_dequantize(self.packed_weight, self.scale_and_zero, self.group_size)
         return dequantize_int4(self.packed_weight, self.scale_and_zero, self.group_size)
@@ -144,8 +144,8 @@ def quantize_linears_int4(
     model: nn.Module, names: list[str], read_weight: Callable[[str], torch.Tensor] | None = None
 ) -> None:
     """Replace the named ``nn.Linear`` submodules of ``model`` by :class:`Int4Linear`, one at a time
-    (``read_weight`` as :func:`~.kernel_linear.replace_linears` takes it)."""
-    kernel = cpu_kernel.load()
+    (``read_weight`` as :func:`~.linear.replace_linears` takes it)."""
+    kernel = library.load()
     pytorch_is_faster = kernel is None or not kernel.int4_fast
 
     def quantize(linear: nn.Linear, weight: torch.Tensor) -> Int4Linear:

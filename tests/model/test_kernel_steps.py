@@ -9,20 +9,22 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from deepseek_ocr import DeepseekOcrConfig, cpu_kernel
+from deepseek_ocr import DeepseekOcrConfig
 from deepseek_ocr.cache import GrowingCache
+from deepseek_ocr.cpu import library
+from deepseek_ocr.cpu.decoder import CpuDecoderLayer, mlp_step
+from deepseek_ocr.cpu.dispatch import attach_fast_paths
+from deepseek_ocr.cpu.exponent_coding import can_code, code_linears
+from deepseek_ocr.cpu.int4 import quantize_linears_int4
 from deepseek_ocr.decoder import DecoderLayer, rotary_cos_sin
-from deepseek_ocr.exponent_coding import can_code, code_linears
-from deepseek_ocr.kernel_linear import mlp_step
-from deepseek_ocr.quantization import quantize_linears_int4
 
 PROMPT = 37
 
-pytestmark = pytest.mark.skipif(cpu_kernel.load() is None, reason="the CPU kernel cannot be built here (no C compiler)")
+pytestmark = pytest.mark.skipif(library.load() is None, reason="the CPU kernel cannot be built here (no C compiler)")
 
 _NO_CODING = pytest.mark.skipif(not can_code(), reason="this kernel variant has no vector coded product (portable)")
 _NO_INT4 = pytest.mark.skipif(
-    cpu_kernel.load() is None or not cpu_kernel.load().int4_fast,
+    library.load() is None or not library.load().int4_fast,
     reason="this kernel variant has no vector int4 path (portable): int4 runs on PyTorch's int4 kernel, without steps",
 )
 FORMATS = [
@@ -57,7 +59,7 @@ def kernel_layer(weights: str, dtype: torch.dtype, layer_idx: int, config: Deeps
         quantize_linears_int4(layer, names)
     else:
         code_linears(layer, names)
-    layer.prepare_kernel_step()
+    attach_fast_paths(layer)
     return layer
 
 
@@ -136,7 +138,7 @@ def test_several_sequences_go_through_the_mlp_step_together(weights, dtype):
     for row in one_by_one:
         assert mlp_step(row[None], norm, router, routed, shared)
     with torch.inference_mode():
-        separate = hidden + layer.mlp(hidden, norm=norm)
+        separate = hidden + layer.mlp(norm(hidden))
     assert relative_error(together - hidden, separate - hidden) < 0.02
     assert relative_error(together - hidden, one_by_one - hidden) < 0.01
     assert not mlp_step(torch.zeros(17, 1, 128, dtype=dtype), norm, router, routed, shared)  # the kernel's limit
@@ -145,16 +147,18 @@ def test_several_sequences_go_through_the_mlp_step_together(weights, dtype):
 def test_the_step_needs_every_projection_in_a_kernel_format():
     config = small_config()
     config.moe_intermediate_size = 32  # down_proj in int4 groups of 32: no fused path
-    assert kernel_layer("int4", torch.bfloat16, 1, config).kernel_weights is None
+    assert type(kernel_layer("int4", torch.bfloat16, 1, config)) is DecoderLayer
     plain = DecoderLayer(small_config(), 1)
-    plain.prepare_kernel_step()
-    assert plain.kernel_weights is None
+    assert "a decoding step in two kernel calls" not in attach_fast_paths(plain)
+    assert type(plain) is DecoderLayer
 
 
 def test_moving_the_layer_forgets_the_kernel_tables():
     layer = kernel_layer("int4", torch.float32, 1, small_config())
     layer.float()
     assert layer.kernel_weights is None
+    attach_fast_paths(layer)  # attached again, the layer reads its weights' new addresses
+    assert isinstance(layer, CpuDecoderLayer) and layer.kernel_weights is not None
 
 
 @_NO_INT4
@@ -175,19 +179,19 @@ def test_the_cache_grows_when_the_kernel_appends_past_its_room():
 
 def lower_variants() -> list[str]:
     """Every variant this CPU runs below the one in use (the suite itself runs on that one)."""
-    supported = cpu_kernel.supported_variants()
-    return list(supported[supported.index(cpu_kernel.load().variant) + 1 :])
+    supported = library.supported_variants()
+    return list(supported[supported.index(library.load().variant) + 1 :])
 
 
-@pytest.mark.parametrize("variant", cpu_kernel.VARIANTS)
+@pytest.mark.parametrize("variant", library.VARIANTS)
 @pytest.mark.parametrize(("weights", "dtype"), FORMATS)
 def test_every_lower_variant_this_cpu_runs_computes_the_same_steps(variant, weights, dtype):
     """A CPU without AVX-512 (or without AVX2) builds a lower variant: its products and whole
     decoding steps give what this machine's variant gives, to float32 rounding (int4: to the
     rounding of its per-group activation scales)."""
     if variant not in lower_variants():
-        pytest.skip(f"{variant} is not below this run's variant on this CPU ({cpu_kernel.load().variant})")
-    lower = cpu_kernel.CpuKernel(ctypes.CDLL(str(cpu_kernel.build(variant))))
+        pytest.skip(f"{variant} is not below this run's variant on this CPU ({library.load().variant})")
+    lower = library.CpuKernel(ctypes.CDLL(str(library.build(variant))))
     assert lower.variant == variant
     assert lower.int4_fast == lower.coded_bf16 == (variant != "portable")
     layer = kernel_layer(weights, dtype, 1, small_config())
@@ -197,13 +201,13 @@ def test_every_lower_variant_this_cpu_runs_computes_the_same_steps(variant, weig
     norm = (layer.post_attention_layernorm.weight, 1e-6)
     router = (layer.mlp.gate.weight, 3, False, 1.0)
     stepped = {}
-    for name, kernel in (("lower", lower), ("this", cpu_kernel.load())):
+    for name, kernel in (("lower", lower), ("this", library.load())):
         stepped[name] = hidden.clone()
         assert kernel.mlp_step(stepped[name], norm, router, routed.descriptors, shared.descriptors)
     assert relative_error(stepped["lower"] - hidden, stepped["this"] - hidden) < 0.01
     q_proj = layer.self_attn.q_proj
     x = torch.randn(5, 128).to(dtype)
     torch.testing.assert_close(
-        lower.linear(x, q_proj.descriptor(), 128), cpu_kernel.load().linear(x, q_proj.descriptor(), 128),
+        lower.linear(x, q_proj.descriptor(), 128), library.load().linear(x, q_proj.descriptor(), 128),
         atol=1e-2, rtol=1e-2,
     )  # fmt: skip

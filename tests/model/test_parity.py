@@ -18,7 +18,7 @@ from deepseek_ocr import DeepseekOcrProcessor, load_model, plan_runtime
 from deepseek_ocr.decoder import MoeRouter
 from deepseek_ocr.generation import greedy_config
 
-from .conftest import PARITY, require_shared, shared_params
+from ..conftest import PARITY, require_shared, shared_params
 
 CASES = sorted(path for path in PARITY.glob("cases/*") if (path / "meta.json").is_file())
 ATOL = RTOL = 1e-4

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deepseek_ocr import cpu_kernel
+from deepseek_ocr.cpu import library
 
 CHECK = Path(__file__).parent / "kernels" / "products_check.c"
 CROSS_COMPILER = "aarch64-linux-gnu-gcc"
@@ -25,17 +25,17 @@ VARIANT_NUMBERS = {"amx": 4, "avx512": 3, "avx2": 2, "neon": 1, "portable": 0}
 
 
 def build(compiler: str, flags: tuple[str, ...], out: Path) -> None:
-    sources = [*map(str, cpu_kernel.SOURCES), str(CHECK)]
+    sources = [*map(str, library.SOURCES), str(CHECK)]
     subprocess.run([compiler, "-O2", "-fopenmp", *flags, "-o", str(out), *sources, "-lm"], check=True, timeout=300)
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 variants")
 @pytest.mark.parametrize("variant", ["amx", "avx512", "avx2", "portable"])
 def test_each_x86_variant_this_cpu_runs_computes_the_products(tmp_path, variant):
-    if variant not in cpu_kernel.supported_variants():
+    if variant not in library.supported_variants():
         pytest.skip(f"this CPU cannot run the {variant} variant")
     program = tmp_path / "check"
-    build("cc", cpu_kernel._TARGET_FLAGS[variant], program)
+    build("cc", library._TARGET_FLAGS[variant], program)
     result = subprocess.run([str(program)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"variant {VARIANT_NUMBERS[variant]}: ok"

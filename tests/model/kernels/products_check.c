@@ -1,6 +1,6 @@
 // A standalone check of the CPU kernel's products against plain reference loops, for builds
 // that Python cannot load here (cross-compiled for AArch64 and run under qemu-user by
-// tests/test_kernel_variants.py). Compiled together with model/kernels/*.c; exits 0 when every
+// tests/model/test_kernel_variants.py). Compiled together with model/cpu/kernels/*.c; exits 0 when every
 // product is within its bound, else prints the first failure and exits 1.
 #include <math.h>
 #include <stdint.h>

@@ -5,7 +5,7 @@
 // weights stream from memory. Both formats read fewer bytes than a bfloat16 weight:
 //
 //   int4   4-bit integers in groups of G inputs with a bf16 (scale, zero) per group: lossy,
-//          a quarter of the bytes (quantization.py quantizes)
+//          a quarter of the bytes (int4.py quantizes)
 //   bf16c  the bfloat16 weight itself with its exponents coded: lossless, three quarters of
 //          the bytes (exponent_coding.py; bf16c_plan and bf16c_encode below)
 //

@@ -1,12 +1,12 @@
 """docconv's CPU kernel (``kernels/cpu_decode.c``, ``kernels/cpu_attention.c``): built once per
 machine, called through ctypes.
 
-It multiplies activations by the two kernel weight formats (int4, :mod:`.quantization`, and
+It multiplies activations by the two kernel weight formats (int4, :mod:`.int4`, and
 exponent-coded bfloat16, :mod:`.exponent_coding`) and runs whole decoding steps of one token
 on them; where the CPU has AMX it also runs SAM's bfloat16 attention (:mod:`.sam`). Weights
 reach it as descriptors: eight int64 naming the format, the shape and the addresses of the
 weight's tensors (see ``Weight`` in the C source and
-:meth:`KernelLinear.descriptor <deepseek_ocr.kernel_linear.KernelLinear.descriptor>`).
+:meth:`KernelLinear.descriptor <deepseek_ocr.cpu.linear.KernelLinear.descriptor>`).
 
 The kernel is compiled by the machine's C compiler (``$CC``, else ``cc``; a command with
 arguments such as ``ccache gcc`` works) into a per-user cache, keyed by the sources, the
@@ -294,7 +294,7 @@ def describe() -> str:
     kernel = load()
     if kernel is None:
         return (
-            f"not available: {unavailable_reason}; --quant int4 uses PyTorch's int4 kernel (about half as fast), "
+            f"not available: {unavailable_reason}; int4 uses PyTorch's int4 kernel (about half as fast), "
             "bfloat16 runs uncoded on torch"
         )
     best = supported_variants()[0]

@@ -2,7 +2,7 @@
 // (norm-side sums, the router's dot products, softmax, SiLU, attention over the cache): one
 // source for every variant (AVX-512: 16 lanes, AVX2 + FMA: 8, NEON: 4, portable: 1).
 //
-// The build's variant is the compiler's target (cpu_kernel.py passes the flags):
+// The build's variant is the compiler's target (cpu/library.py passes the flags):
 //   HAVE_AVX512  AVX-512 F + BW            HAVE_AVX2  AVX2 + FMA + F16C
 //   HAVE_NEON    AArch64 Advanced SIMD     none       plain C (KERNEL_PORTABLE, or any other CPU)
 #pragma once

@@ -1,4 +1,4 @@
-"""SAM's bfloat16 attention on AMX (kernels/cpu_attention.c) against exact float32 attention and torch's path."""
+"""SAM's bfloat16 attention on AMX (cpu/kernels/cpu_attention.c) against exact float32 attention and torch's path."""
 
 from __future__ import annotations
 
@@ -8,28 +8,33 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepseek_ocr import cpu_kernel
 from deepseek_ocr.configuration import SamConfig
+from deepseek_ocr.cpu import library
+from deepseek_ocr.cpu.dispatch import attach_fast_paths
+from deepseek_ocr.cpu.sam import CpuSamAttention
 from deepseek_ocr.sam import SamAttention
 
 
 @pytest.fixture
 def kernel():
-    kernel = cpu_kernel.load()
+    kernel = library.load()
     if kernel is None or not kernel.amx_attention:
         pytest.skip("no AMX on this CPU (or DEEPSEEK_OCR_CPU_AMX=0, or no kernel)")
     yield kernel
     kernel.use_amx(True)
 
 
-def attention_module(heads: int, size: int, seed: int) -> SamAttention:
-    """A SAM attention of head_dim 64 (SAM-B's) with weights and relative-position tables that matter."""
+def attention_module(heads: int, size: int, seed: int) -> CpuSamAttention:
+    """A SAM attention of head_dim 64 (SAM-B's) with weights and relative-position tables that
+    matter, in bfloat16 with its CPU variant attached as the loader attaches it."""
     torch.manual_seed(seed)
     attention = SamAttention(SamConfig(width=64 * heads, heads=heads), rel_pos_size=size)
     with torch.no_grad():
         for table in (attention.rel_pos_h, attention.rel_pos_w):
             table.normal_(std=0.3)  # bias terms of a few units, like the real checkpoint's global blocks
-    return attention.to(torch.bfloat16)
+    attention = attention.to(torch.bfloat16)
+    assert any("SAM attention on AMX" in line for line in attach_fast_paths(attention))
+    return attention
 
 
 def exact_attention(attention: SamAttention, x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +90,8 @@ def test_the_module_follows_float32_on_amx_and_amx_can_be_switched_off(kernel):
 
 def test_head_dims_other_than_64_and_float32_stay_on_torch(kernel):
     attention = SamAttention(SamConfig(width=64, heads=2), rel_pos_size=8).to(torch.bfloat16)  # head_dim 32
+    assert not any("AMX" in line for line in attach_fast_paths(attention))
+    attention.__class__ = CpuSamAttention  # as if attached: the kernel itself refuses these too
     qkv = torch.randn(1, 8, 8, 192).to(torch.bfloat16)
     rel = attention.relative_terms(qkv)
     with torch.inference_mode():

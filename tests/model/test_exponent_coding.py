@@ -7,21 +7,23 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from deepseek_ocr import cpu_kernel, kernel_linear, load_model, plan_runtime
-from deepseek_ocr.decoder import MoeRouter
-from deepseek_ocr.exponent_coding import (
+from deepseek_ocr import load_model, plan_runtime
+from deepseek_ocr.cpu import library
+from deepseek_ocr.cpu import linear as kernel_linear
+from deepseek_ocr.cpu.exponent_coding import (
     ExponentCodedLinear,
     can_code,
     code_linears,
     decode_exponent_coded,
     exponent_coded_bytes,
 )
+from deepseek_ocr.cpu.int4 import quantize_linears_int4
+from deepseek_ocr.decoder import MoeRouter
 from deepseek_ocr.loading import estimate_weight_bytes
-from deepseek_ocr.quantization import quantize_linears_int4
 
 from .test_quantization import case_inputs
 
-pytestmark = pytest.mark.skipif(cpu_kernel.load() is None, reason="the CPU kernel cannot be built here (no C compiler)")
+pytestmark = pytest.mark.skipif(library.load() is None, reason="the CPU kernel cannot be built here (no C compiler)")
 needs_vector_product = pytest.mark.skipif(
     not can_code(), reason="this kernel variant has no vector coded product (portable): bfloat16 stays uncoded"
 )
@@ -104,7 +106,7 @@ def within_float32_summation(out: torch.Tensor, x: torch.Tensor, weight: torch.T
 
 def kernel_products(x: torch.Tensor, layer: ExponentCodedLinear) -> dict[str, torch.Tensor]:
     """x @ W.T in float32 through the kernel's vector path (where this variant has one) and its plain C loops."""
-    kernel = cpu_kernel.load()
+    kernel = library.load()
     paths = {"portable": True, "vectors": False} if can_code() else {"portable": True}
     return {
         name: kernel.linear(x, layer.descriptor(), layer.out_features, portable=portable, out_dtype=torch.float32)
@@ -142,7 +144,7 @@ def test_exceptions_and_special_values_are_multiplied_too(dtype):
 
 @pytest.fixture
 def kernel_with_amx():
-    kernel = cpu_kernel.load()
+    kernel = library.load()
     if not kernel.amx_bf16:
         pytest.skip("no AMX on this CPU (or DEEPSEEK_OCR_CPU_AMX=0)")
     yield kernel
@@ -168,8 +170,8 @@ def test_batched_products_on_amx_equal_the_exact_product(kernel_with_amx, rows):
 
 
 def test_the_environment_switch_keeps_batches_off_amx(kernel_with_amx, monkeypatch):
-    monkeypatch.setenv(cpu_kernel.AMX_SWITCH, "0")
-    assert not cpu_kernel.CpuKernel(kernel_with_amx.library).amx_bf16  # the library's switch is process-wide
+    monkeypatch.setenv(library.AMX_SWITCH, "0")
+    assert not library.CpuKernel(kernel_with_amx.library).amx_bf16  # the library's switch is process-wide
     kernel_with_amx.use_amx(True)
     assert kernel_with_amx.amx_bf16
 
@@ -205,7 +207,7 @@ def test_without_the_kernel_the_torch_decoder_serves(monkeypatch):
     weight = normal_weight(40, 320)
     layer = ExponentCodedLinear.from_weight(weight)
     x = torch.randn(1, 320).to(torch.bfloat16)
-    monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+    monkeypatch.setattr(library, "load", lambda: None)
     assert not layer.takes_kernel()
     assert torch.equal(layer(x), functional.linear(x, weight))
 
@@ -249,7 +251,7 @@ def test_other_settings_are_not_coded(plan):
 
 
 def test_without_the_kernel_bfloat16_stays_uncoded(monkeypatch):
-    monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+    monkeypatch.setattr(library, "load", lambda: None)
     model, _ = coded_model(dtype="bfloat16", quant="none")
     assert not any(isinstance(module, ExponentCodedLinear) for module in model.modules())
 
@@ -258,7 +260,7 @@ def test_without_the_kernel_bfloat16_stays_uncoded(monkeypatch):
 def test_a_coded_model_reads_a_page_as_the_uncoded_one(monkeypatch):
     """Same weights: the prompt's logits agree to bfloat16 rounding and greedy picks the same first tokens."""
     coded, inputs = coded_model(dtype="bfloat16", quant="none")
-    monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+    monkeypatch.setattr(library, "load", lambda: None)
     uncoded, _ = coded_model(dtype="bfloat16", quant="none")
     monkeypatch.undo()
     with torch.inference_mode():
@@ -285,7 +287,7 @@ def test_subnormals_are_zero_on_the_bfloat16_dot_product_and_kept_when_widened()
     widened paths (AVX2, NEON, float32 models) and the plain C loops multiply them as they are."""
     tiny = 2.0**-130  # below bfloat16's (and float32's) smallest normal, 2^-126
     layer = ExponentCodedLinear.from_weight(torch.full((2, 64), tiny, dtype=torch.bfloat16))
-    kernel = cpu_kernel.load()
+    kernel = library.load()
     ones = torch.ones(1, 64)
     for x, widened in ((ones, True), (ones.to(torch.bfloat16), not kernel.bf16_dot)):
         for portable in (False, True):
