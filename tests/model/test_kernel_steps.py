@@ -153,6 +153,7 @@ def test_the_step_needs_every_projection_in_a_kernel_format():
     assert type(plain) is DecoderLayer
 
 
+@_NO_INT4
 def test_moving_the_layer_forgets_the_kernel_tables():
     layer = kernel_layer("int4", torch.float32, 1, small_config())
     layer.float()
