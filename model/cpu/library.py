@@ -281,7 +281,7 @@ def load() -> CpuKernel | None:
         unavailable_reason = f"switched off ({ENV_SWITCH}=0)"
         return None
     try:
-        return CpuKernel(_open(_build(chosen_variant())))
+        return CpuKernel(_open(build(chosen_variant())))
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         detail = (getattr(error, "stderr", "") or str(error)).strip()[:300]
         unavailable_reason = f"could not be built ({detail})"
@@ -337,10 +337,6 @@ def chosen_variant() -> str:
 def build(variant: str) -> Path:
     """The library of ``variant`` for this machine, compiled if not cached (for tests and benchmarks:
     a variant above what the CPU runs builds but must not be called)."""
-    return _build(variant)
-
-
-def _build(variant: str) -> Path:
     compiler = _compiler()
     flags = (*_FLAGS, *_TARGET_FLAGS[variant])
     source = b"".join(path.read_bytes() for path in (*SOURCES, *_HEADERS))
@@ -380,7 +376,7 @@ def _rebuild(library: Path, error: object) -> ctypes.CDLL:
     logger.warning("cached CPU kernel %s does not load (%s); building it again", library, error)
     library.unlink(missing_ok=True)
     variant = library.name.removeprefix(f"{SOURCES[0].stem}-").rsplit("-", 1)[0]
-    return ctypes.CDLL(str(_build(variant)))
+    return ctypes.CDLL(str(build(variant)))
 
 
 def _compiler() -> list[str]:
