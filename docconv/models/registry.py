@@ -60,7 +60,7 @@ REGISTRY: dict[str, KnownModel] = {
             licence="see model card",
             files=MODEL_FILE_PATTERNS,
             family="deepseek-ocr-2",
-            runnable=False,
+            runnable=True,
         ),
     )
 }
