@@ -13,13 +13,14 @@ from __future__ import annotations
 import importlib
 
 from docconv.engines.base import Engine, EngineError, EngineOptions
+from docconv.models.registry import DEEPSEEK_OCR2_FAMILY, DEEPSEEK_OCR_FAMILY
 
 #: Engine name (a model family of :mod:`docconv.models.registry`) -> the module that builds it.
 ENGINES: dict[str, str] = {
-    "deepseek-ocr": "docconv.engines.deepseek",
-    "deepseek-ocr-2": "docconv.engines.deepseek_ocr2",
+    DEEPSEEK_OCR_FAMILY: "docconv.engines.deepseek",
+    DEEPSEEK_OCR2_FAMILY: "docconv.engines.deepseek_ocr2",
 }
-DEFAULT_ENGINE = "deepseek-ocr"
+DEFAULT_ENGINE = DEEPSEEK_OCR_FAMILY
 
 
 def engine_for_model(options: EngineOptions) -> str:

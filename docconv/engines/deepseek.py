@@ -34,6 +34,7 @@ from docconv.engines.base import (
     batches_by_settings,
 )
 from docconv.models.errors import WeightsError
+from docconv.models.registry import DEEPSEEK_OCR_FAMILY
 from docconv.models.resolve import resolve_model
 
 log = logging.getLogger("docconv.engines.deepseek")
@@ -61,7 +62,7 @@ def resolve_checkpoint(options: EngineOptions) -> Path:
 class DeepseekOcrEngine:
     """Loads the model once; reads batches of pages greedily."""
 
-    name = "deepseek-ocr"
+    name = DEEPSEEK_OCR_FAMILY
     modes = tuple(MODES)
 
     def __init__(self, options: EngineOptions) -> None:

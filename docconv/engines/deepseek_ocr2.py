@@ -58,6 +58,7 @@ from docconv.engines.base import (
     batches_by_settings,
 )
 from docconv.engines.deepseek import resolve_checkpoint, with_option_names
+from docconv.models.registry import DEEPSEEK_OCR2_FAMILY
 
 log = logging.getLogger("docconv.engines.deepseek_ocr2")
 
@@ -152,7 +153,7 @@ def load_ocr2_model(
 class DeepseekOcr2Engine:
     """Loads DeepSeek-OCR-2 once through transformers; reads batches of pages greedily."""
 
-    name = "deepseek-ocr-2"
+    name = DEEPSEEK_OCR2_FAMILY
     modes = OCR2_MODES
 
     def __init__(self, options: EngineOptions) -> None:

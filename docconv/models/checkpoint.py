@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 
 from docconv.models.errors import ModelDirectoryError
-from docconv.models.registry import DEFAULT_MODEL
+from docconv.models.registry import DEEPSEEK_OCR2_FAMILY, DEEPSEEK_OCR_FAMILY, DEFAULT_MODEL
 
 #: ``model_type`` in a checkpoint's config.json -> the model family that reads it (the families of
 #: :mod:`docconv.models.registry`, which are also the engines' names). Every other type is left to
 #: DeepSeek-OCR's engine, whose loader names the types it accepts when it refuses one.
-FAMILY_OF_MODEL_TYPE: dict[str, str] = {"deepseek_ocr2": "deepseek-ocr-2"}
-DEFAULT_FAMILY = "deepseek-ocr"
+FAMILY_OF_MODEL_TYPE: dict[str, str] = {"deepseek_ocr2": DEEPSEEK_OCR2_FAMILY}
+DEFAULT_FAMILY = DEEPSEEK_OCR_FAMILY
 
 
 def checkpoint_problem(directory: Path) -> str | None:

@@ -78,7 +78,9 @@ def unsupported_mode_message(requested: str, model: str, modes: tuple[str, ...])
     """Why ``--mode requested`` cannot read pages with this model, or None when it can."""
     if requested == AUTO or requested in modes:
         return None
-    return f"--mode {requested}: {model} reads only the modes {', '.join(modes)}; use one of them or --mode auto"
+    return (
+        f"--mode {requested}: {model} reads only the modes {', '.join(modes)}; use one of them or --mode auto"
+    )
 
 
 def resolve_mode(
