@@ -170,6 +170,10 @@ class DeepseekOcr2Engine:
         self.processor.tokenizer.padding_side = "left"
         self.checkpoint = checkpoint
         self.geometry = geometry_of(self.processor, options.max_tiles)
+        if options.max_tiles > self.geometry.max_tiles:
+            log.info(
+                "--max-tiles %d capped at DeepSeek-OCR-2's %d", options.max_tiles, self.geometry.max_tiles
+            )
         self.device = str(self.model.device)
         self.dtype = str(self.model.dtype).removeprefix("torch.")
         tokenizer = self.processor.tokenizer
