@@ -9,6 +9,7 @@ test is skipped on a developer's machine, but fails under CI (``CI`` set to ``tr
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,7 +37,9 @@ def missing_shared_data(what: str, path: Path) -> NoReturn:
     """Skip the current test for missing shared data, or fail it under CI."""
     message = f"{what} not found at {path} (shared data: DOCCONV_SHARED, default ../shared)"
     if running_in_ci():
-        pytest.fail(f"{message}; CI={os.environ['CI']} requires the shared data, so this fails", pytrace=False)
+        pytest.fail(
+            f"{message}; CI={os.environ['CI']} requires the shared data, so this fails", pytrace=False
+        )
     pytest.skip(message)
 
 
@@ -85,6 +88,18 @@ def parity_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     return require_shared(TINY_MODEL, "tiny checkpoint")
+
+
+@pytest.fixture(scope="session")
+def tiny_ocr2_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DeepSeek-OCR-2 checkpoint (transformers' classes, the tiny checkpoint's
+    tokenizer), built once per session by ``scripts/make_tiny_ocr2_checkpoint.py``."""
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_ocr2", REPO / "scripts" / "make_tiny_ocr2_checkpoint.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ocr2"), tokenizer_from=tiny_model_dir)
 
 
 @pytest.fixture(scope="session")

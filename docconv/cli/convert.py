@@ -112,7 +112,8 @@ def convert(
         Mode | None,
         typer.Option(
             "--mode",
-            help="Resolution mode; auto picks per page." + default_of("mode"),
+            help="Resolution mode; auto picks per page. DeepSeek-OCR-2 reads base and gundam only."
+            + default_of("mode"),
             rich_help_panel=READING,
             show_default=False,
         ),

@@ -18,6 +18,7 @@ from typing import Any
 from docconv import __version__
 from docconv.cli.listing import JsonOption, json_key, print_table
 from docconv.cli.settings import Settings, config_path, settings_or_exit
+from docconv.models.registry import DEEPSEEK_OCR2_FAMILY
 
 UNKNOWN = "unknown"
 Row = tuple[str, str]
@@ -158,18 +159,45 @@ def _plan_rows(settings: Settings) -> Iterator[Row]:
     engine = _optional_module("docconv.engines.deepseek")
     plan_runtime = getattr(engine, "plan_runtime", None)
     yield "model", settings.model
+    family = _model_family(settings.model)
+    if family is not None:
+        yield "model family", f"{family} (from the checkpoint's config)"
     if plan_runtime is None:
         yield "would use", UNKNOWN
         return
-    config, note = _model_config(engine, settings.model)
+    if family == DEEPSEEK_OCR2_FAMILY:
+        # transformers' OCR-2 classes: no v1 config to size, no automatic 4-bit, no int4 kernel.
+        if settings.quant == "int4":
+            yield (
+                "would use",
+                "cannot start: --quant int4 does not run DeepSeek-OCR-2; use none, 8bit or 4bit",
+            )
+            return
+        quant = "none" if settings.quant == "auto" else settings.quant
+        config, note = None, "DeepSeek-OCR-2 through transformers: --quant auto is none"
+    else:
+        quant = settings.quant
+        config, note = _model_config(engine, settings.model)
     try:
-        plan = plan_runtime(settings.device, settings.dtype, settings.quant, settings.attn, config)
+        plan = plan_runtime(settings.device, settings.dtype, quant, settings.attn, config)
     except Exception as error:  # noqa: BLE001 - e.g. --device cuda without CUDA: the user must see why
         yield "would use", f"cannot start: {error}"
         return
     dtype = getattr(plan, "dtype_name", str(plan.dtype).removeprefix("torch."))
     yield "would use", f"device {plan.device}, dtype {dtype}, quant {plan.quant}, attention {plan.attn}"
     yield "because", "; ".join(part for part in (plan.reason, note) if part)
+
+
+def _model_family(model: str) -> str | None:
+    """The family of the model on disk (from its config.json), or None when it is not on disk."""
+    directory = _local_model_dir(model)
+    checkpoint = _optional_module("docconv.models.checkpoint")
+    if directory is None or checkpoint is None:
+        return None
+    try:
+        return checkpoint.model_family(directory)
+    except Exception:  # noqa: BLE001 - an unreadable config gets its own row from _model_config
+        return None
 
 
 def _model_config(engine: Any, model: str) -> tuple[Any, str]:

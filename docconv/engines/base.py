@@ -8,6 +8,7 @@ no model library.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,7 +44,7 @@ class PageJob:
     """One page image to read. ``image`` is RGB with orientation already applied."""
 
     image: Image.Image
-    mode: str  # one of deepseek_ocr.modes.MODES; ``auto`` is resolved by docconv, never sent here
+    mode: str  # one of the engine's ``modes``; ``auto`` is resolved by docconv, never sent here
     prompt: str  # the full prompt, including the leading "<image>\n"
     max_new_tokens: int = DEFAULT_GENERATION.max_new_tokens
     ngram_size: int = DEFAULT_GENERATION.ngram_size
@@ -82,6 +83,9 @@ class Engine(Protocol):
     """What docconv needs from a model."""
 
     name: str
+    #: The resolution modes this model reads (names of ``deepseek_ocr.modes.MODES``), in
+    #: increasing cost: what ``--mode auto`` chooses among and the retry ladder climbs.
+    modes: tuple[str, ...]
     device: str  # the device actually used, e.g. "cpu", "cuda:0"
     dtype: str  # e.g. "bfloat16"
     quant: str  # "none" | "8bit" | "4bit" | "int4"
@@ -97,3 +101,12 @@ class Engine(Protocol):
     def generate(self, jobs: Sequence[PageJob], on_token: TokenCallback | None = None) -> list[EngineOutput]:
         """Read several pages in one batch; outputs are in the order of ``jobs``."""
         ...
+
+
+def batches_by_settings(jobs: Sequence[PageJob]) -> list[list[int]]:
+    """Indices of ``jobs`` grouped by what one decoding batch must share: mode and generation
+    settings. Groups keep the order of their first job; indices in a group stay in order."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, job in enumerate(jobs):
+        groups[(job.mode, job.max_new_tokens, job.ngram_size, job.ngram_window)].append(index)
+    return list(groups.values())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from deepseek_ocr import (
 from deepseek_ocr.cpu import sam
 from deepseek_ocr.generation_settings import REPEATABLE_TOKENS
 from deepseek_ocr.loading import codes_bfloat16, load_config, return_freed_memory
+from deepseek_ocr.modes import MODES
 from docconv.engines.base import (
     EngineError,
     EngineOptions,
@@ -31,8 +31,10 @@ from docconv.engines.base import (
     PageJob,
     TokenCallback,
     VisionBudget,
+    batches_by_settings,
 )
 from docconv.models.errors import WeightsError
+from docconv.models.registry import DEEPSEEK_OCR_FAMILY
 from docconv.models.resolve import resolve_model
 
 log = logging.getLogger("docconv.engines.deepseek")
@@ -60,7 +62,8 @@ def resolve_checkpoint(options: EngineOptions) -> Path:
 class DeepseekOcrEngine:
     """Loads the model once; reads batches of pages greedily."""
 
-    name = "deepseek-ocr"
+    name = DEEPSEEK_OCR_FAMILY
+    modes = tuple(MODES)
 
     def __init__(self, options: EngineOptions) -> None:
         # docconv draws its own progress on stderr; transformers' bars and notices would interleave.
@@ -98,7 +101,7 @@ class DeepseekOcrEngine:
 
     def generate(self, jobs: Sequence[PageJob], on_token: TokenCallback | None = None) -> list[EngineOutput]:
         outputs: list[EngineOutput | None] = [None] * len(jobs)
-        for indices in _batches_by_settings(jobs).values():
+        for indices in batches_by_settings(jobs):
             for index, output in zip(
                 indices, self._generate_batch([jobs[i] for i in indices], indices, on_token), strict=True
             ):
@@ -144,13 +147,6 @@ class DeepseekOcrEngine:
             )
             for page, budget in zip(pages, vision, strict=True)
         ]
-
-
-def _batches_by_settings(jobs: Sequence[PageJob]) -> dict[tuple, list[int]]:
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for index, job in enumerate(jobs):
-        groups[(job.mode, job.max_new_tokens, job.ngram_size, job.ngram_window)].append(index)
-    return groups
 
 
 def create_engine(options: EngineOptions) -> DeepseekOcrEngine:

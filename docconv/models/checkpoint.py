@@ -12,7 +12,13 @@ import json
 from pathlib import Path
 
 from docconv.models.errors import ModelDirectoryError
-from docconv.models.registry import DEFAULT_MODEL
+from docconv.models.registry import DEEPSEEK_OCR2_FAMILY, DEEPSEEK_OCR_FAMILY, DEFAULT_MODEL
+
+#: ``model_type`` in a checkpoint's config.json -> the model family that reads it (the families of
+#: :mod:`docconv.models.registry`, which are also the engines' names). Every other type is left to
+#: DeepSeek-OCR's engine, whose loader names the types it accepts when it refuses one.
+FAMILY_OF_MODEL_TYPE: dict[str, str] = {"deepseek_ocr2": DEEPSEEK_OCR2_FAMILY}
+DEFAULT_FAMILY = DEEPSEEK_OCR_FAMILY
 
 
 def checkpoint_problem(directory: Path) -> str | None:
@@ -51,3 +57,11 @@ def local_checkpoint(directory: Path) -> Path:
     if problem := checkpoint_problem(directory):
         raise ModelDirectoryError(f"{directory} {problem}; point --model at a checkpoint directory")
     return directory
+
+
+def model_family(directory: Path) -> str:
+    """Which model a checkpoint directory holds, from its config.json's ``model_type`` (never from
+    the directory's or the hub id's name). ``directory`` has passed :func:`checkpoint_problem`."""
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    return FAMILY_OF_MODEL_TYPE.get(model_type, DEFAULT_FAMILY)

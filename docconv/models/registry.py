@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"
+#: The model families docconv reads; each is also the name of the engine that reads it.
+DEEPSEEK_OCR_FAMILY = "deepseek-ocr"
+DEEPSEEK_OCR2_FAMILY = "deepseek-ocr-2"
 
 #: Files a checkpoint needs; everything else in a hub repo (README, images, remote code) is skipped.
 MODEL_FILE_PATTERNS: tuple[str, ...] = (
@@ -50,7 +53,7 @@ REGISTRY: dict[str, KnownModel] = {
                 "special_tokens_map.json",
                 "processor_config.json",
             ),
-            family="deepseek-ocr",
+            family=DEEPSEEK_OCR_FAMILY,
             runnable=True,
         ),
         KnownModel(
@@ -59,8 +62,8 @@ REGISTRY: dict[str, KnownModel] = {
             size_bytes=0,  # unknown until downloaded
             licence="see model card",
             files=MODEL_FILE_PATTERNS,
-            family="deepseek-ocr-2",
-            runnable=False,
+            family=DEEPSEEK_OCR2_FAMILY,
+            runnable=True,
         ),
     )
 }

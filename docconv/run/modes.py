@@ -49,6 +49,8 @@ ModeSource = Literal["requested", "text-layer", "image-estimate"]
 class BudgetSource(Protocol):
     """The part of :class:`docconv.engines.base.Engine` mode choice needs."""
 
+    modes: tuple[str, ...]  # the modes the engine reads, in increasing cost
+
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget: ...
 
 
@@ -63,12 +65,22 @@ class ModeChoice:
     source: ModeSource
 
 
-def next_larger_mode(mode: str) -> str | None:
-    """The next more capable mode (for retrying a degraded page); None after gundam-master."""
-    if mode not in MODE_ORDER:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODE_ORDER)}")
-    index = MODE_ORDER.index(mode)
-    return MODE_ORDER[index + 1] if index + 1 < len(MODE_ORDER) else None
+def next_larger_mode(mode: str, modes: tuple[str, ...] = MODE_ORDER) -> str | None:
+    """The next more capable of the engine's ``modes`` (for retrying a degraded page); None after
+    the last (gundam-master for DeepSeek-OCR)."""
+    if mode not in modes:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(modes)}")
+    index = modes.index(mode)
+    return modes[index + 1] if index + 1 < len(modes) else None
+
+
+def unsupported_mode_message(requested: str, model: str, modes: tuple[str, ...]) -> str | None:
+    """Why ``--mode requested`` cannot read pages with this model, or None when it can."""
+    if requested == AUTO or requested in modes:
+        return None
+    return (
+        f"--mode {requested}: {model} reads only the modes {', '.join(modes)}; use one of them or --mode auto"
+    )
 
 
 def resolve_mode(
@@ -87,8 +99,8 @@ def resolve_mode(
     :func:`docconv.run.bands.split_into_bands` cuts into bands is judged by the bands' geometry
     and their vision tokens together, since that is how the engine reads it.
     """
-    if requested != AUTO and requested not in MODE_ORDER:
-        raise ValueError(f"unknown mode {requested!r}; expected auto or one of {', '.join(MODE_ORDER)}")
+    if requested != AUTO and requested not in engine.modes:
+        raise ValueError(f"unknown mode {requested!r}; expected auto or one of {', '.join(engine.modes)}")
     if max_ratio <= 0:
         raise ValueError(f"max_ratio must be positive, got {max_ratio}")
     tokens, source = _text_tokens(text_tokens, image, required=requested == AUTO)
@@ -137,14 +149,15 @@ def _cheapest_sufficient_mode(
 ) -> str:
     width, height = band_sizes(page_size)[0]  # what each engine call sees
     aspect = max(width, height) / max(1, min(width, height))
-    candidates = MODE_ORDER[: MODE_ORDER.index(AUTO_CEILING) + 1]
+    modes = engine.modes
+    candidates = modes[: modes.index(AUTO_CEILING) + 1] if AUTO_CEILING in modes else modes
     budgets = {mode: page_budget(engine, page_size, mode) for mode in candidates}
     # Cost is what the decoder attends over; for small pages Gundam costs no more than Base.
-    by_cost = sorted(candidates, key=lambda mode: (budgets[mode].sequence, MODE_ORDER.index(mode)))
+    by_cost = sorted(candidates, key=lambda mode: (budgets[mode].sequence, modes.index(mode)))
     for mode in by_cost:
         if mode in STRETCHED_MODES and aspect > STRETCHED_MAX_ASPECT:
             continue
         share = STRETCHED_RATIO_SHARE if mode in STRETCHED_MODES else 1.0
         if budgets[mode].valid > 0 and tokens <= max_ratio * share * budgets[mode].valid:
             return mode
-    return MODE_ORDER[-1]
+    return modes[-1]

@@ -33,7 +33,7 @@ from docconv.output.options import EXTENSIONS
 from docconv.output.raw import RAW_SUFFIX, write_raw_file
 from docconv.run import bands
 from docconv.run.journal import Journal, bytes_identity, file_identity, fingerprint, journal_path
-from docconv.run.modes import AUTO, next_larger_mode, resolve_mode
+from docconv.run.modes import AUTO, next_larger_mode, resolve_mode, unsupported_mode_message
 from docconv.run.options import ConvertOptions
 from docconv.run.progress import Reporter, RunSummary
 from docconv.sources.inputs import InputDocument, InputError
@@ -167,7 +167,11 @@ class Pipeline:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = load_engine(self.options.engine)
+            engine = load_engine(self.options.engine)
+            # Which modes exist is the model's: known once its checkpoint is, before any page.
+            if problem := unsupported_mode_message(self.options.mode, engine.name, engine.modes):
+                raise EngineError(problem)
+            self._engine = engine
         return self._engine
 
     def run(self, documents: Sequence[InputDocument]) -> RunSummary:
@@ -329,7 +333,7 @@ class Pipeline:
         if retry:
             ngram = max(RETRY_MIN_NGRAM, ngram // RETRY_NGRAM_DIVISOR)
             window = window * RETRY_WINDOW_FACTOR
-        mode = _read_mode(work.mode, retry)
+        mode = _read_mode(work.mode, retry, self.engine.modes)
         return PageJob(band.image, mode, options.full_prompt(), options.max_tokens, ngram, window)
 
     def _page_from(self, work: PageWork, outputs: list[EngineOutput], retry: bool) -> Page:
@@ -342,7 +346,7 @@ class Pipeline:
             number=work.index + 1,
             width=work.image.width,
             height=work.image.height,
-            mode=_read_mode(work.mode, retry),
+            mode=_read_mode(work.mode, retry, self.engine.modes),
             vision_tokens=sum(out.vision.tokens for out in outputs),
             valid_vision_tokens=sum(out.vision.valid for out in outputs),
             text_tokens=sum(out.text_tokens for out in outputs),
@@ -496,9 +500,9 @@ def _write_error(target: Path | None, error: OSError) -> str:
     return f"cannot write {target} ({error.strerror or error}); check permissions and free space"
 
 
-def _read_mode(chosen: str, retry: bool) -> str:
-    """The retry reads one mode up (the most capable mode retries as itself)."""
-    return (next_larger_mode(chosen) or chosen) if retry else chosen
+def _read_mode(chosen: str, retry: bool, modes: tuple[str, ...]) -> str:
+    """The retry reads one of the engine's ``modes`` up (the most capable mode retries as itself)."""
+    return (next_larger_mode(chosen, modes) or chosen) if retry else chosen
 
 
 def _remove_own_temporaries(target: Path) -> None:

@@ -275,4 +275,4 @@ def test_list_shows_downloaded_and_known_models(hub: FakeHub) -> None:
     assert rows[TINY_ID].size_bytes == sum(r.size for r in store.load_records()[TINY_ID].files.values())
     assert rows[registry.DEFAULT_MODEL].verified == "not downloaded"
     assert rows[registry.DEFAULT_MODEL].size_bytes == 6_672_212_480
-    assert "not yet runnable" in rows["deepseek-community/DeepSeek-OCR-2"].note
+    assert rows["deepseek-community/DeepSeek-OCR-2"].note == "known"  # runnable: the OCR-2 engine reads it

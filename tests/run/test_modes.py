@@ -29,6 +29,8 @@ def _grid(width: int, height: int, tile: int) -> tuple[int, int]:
 class SpecBudget:
     """vision_budget from the spec's formulas (§5.1, §11), standing in for the engine."""
 
+    modes = MODE_ORDER
+
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:
         r = min(width, height) / max(width, height)
         base, tile = {"tiny": (512, 512), "small": (640, 640), "base": (1024, 1024)}.get(mode, (1280, 1280))

@@ -24,8 +24,9 @@ class RecordingEngine:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.name, self.device, self.dtype, self.quant = (
+        self.name, self.modes, self.device, self.dtype, self.quant = (
             engine.name,
+            engine.modes,
             engine.device,
             engine.dtype,
             engine.quant,
