@@ -11,7 +11,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -27,6 +27,9 @@ from docconv.run.pipeline import Pipeline
 from docconv.run.progress import Reporter
 from docconv.sources.inputs import STDIN, read_list, resolve_inputs
 from docconv.sources.selection import parse_pages
+
+if TYPE_CHECKING:
+    from docconv.run.ray_executor import RayOptions
 
 
 def default_of(key: str, shown: str | None = None) -> str:
@@ -45,6 +48,7 @@ INPUTS = "Inputs"
 OUTPUT = "Output"
 READING = "Reading"
 ENGINE = "Engine"
+SCALE = "Scale out (Ray)"
 
 
 def convert(
@@ -299,6 +303,24 @@ def convert(
             show_default=False,
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run on Ray Data: 'local' starts Ray here; 'auto' or ray://host:port joins a cluster "
+            "(needs docconv[ray]; inputs and -o must be reachable from every node).",
+            rich_help_panel=SCALE,
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int,
+        typer.Option("--ray-workers", min=1, help="OCR actors, one engine each.", rich_help_panel=SCALE),
+    ] = 1,
+    ray_gpus_per_worker: Annotated[
+        float,
+        typer.Option("--ray-gpus-per-worker", min=0.0, help="GPUs each OCR actor reserves.", rich_help_panel=SCALE),
+    ] = 0.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress display or summary.")] = False,
     verbose: Annotated[
         int, typer.Option("-v", "--verbose", count=True, help="Log per page; -vv for debug.")
@@ -335,6 +357,7 @@ def convert(
         usage_error("several inputs need -o DIR (or --format jsonl to stream to stdout)")
     if tables and output is None:
         usage_error("--tables writes CSV files next to the output; give -o")
+    ray_options = _ray_options(ray, ray_workers, ray_gpus_per_worker, output)
     try:
         selection = parse_pages(pages) if pages else None
     except ValueError as error:
@@ -376,7 +399,7 @@ def convert(
         overwrite=overwrite,
         keep_raw=keep_raw,
     )
-    raise typer.Exit(_run(paths, glob, options, quiet, verbose))
+    raise typer.Exit(_run(paths, glob, options, quiet, verbose, ray_options))
 
 
 def _input_paths(inputs: list[str], from_list: str | None, null: bool) -> list[str]:
@@ -424,7 +447,31 @@ def _output_is_dir(output: Path | None, wants_dir: bool, several: bool, fmt: str
     return False
 
 
-def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: bool, verbose: int) -> int:
+def _ray_options(address: str | None, workers: int, gpus_per_worker: float, output: str | None) -> RayOptions | None:
+    """``--ray`` and its companions; exit 2 when Ray is missing or the run cannot go to Ray."""
+    if address is None:
+        if workers != 1 or gpus_per_worker:
+            usage_error("--ray-workers and --ray-gpus-per-worker apply to --ray runs; add --ray ADDRESS")
+        return None
+    from docconv.run.ray_executor import RayOptions, RayUnavailable, import_ray
+
+    try:
+        import_ray()
+    except RayUnavailable as error:
+        usage_error(str(error))
+    if output is None:
+        usage_error("--ray writes its outputs to files; give -o")
+    return RayOptions(address, workers, gpus_per_worker)
+
+
+def _run(
+    paths: list[str],
+    glob: str | None,
+    options: ConvertOptions,
+    quiet: bool,
+    verbose: int,
+    ray_options: RayOptions | None = None,
+) -> int:
     reporter = Reporter(quiet=quiet)
     reporter.configure_logging(verbose)
     resolved = resolve_inputs(paths, glob=glob)
@@ -432,7 +479,12 @@ def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: boo
         reporter.error(failure.source, failure.message)
     try:
         with reporter:
-            summary = Pipeline(options, reporter).run(resolved.documents)
+            if ray_options is None:
+                summary = Pipeline(options, reporter).run(resolved.documents)
+            else:
+                from docconv.run.ray_executor import RayExecutor
+
+                summary = RayExecutor(options, ray_options, reporter).run(resolved.documents)
     except EngineError as error:
         typer.echo(f"docconv: error: the engine could not start: {error}", err=True)
         return ExitCode.UNAVAILABLE

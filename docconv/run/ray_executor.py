@@ -37,6 +37,10 @@ log = logging.getLogger("docconv.run.ray_executor")
 
 #: ``--ray local``: start a Ray instance on this machine for the run.
 LOCAL = "local"
+#: CPUs each OCR actor reserves, and each page render. Unequal on purpose: Ray Data fuses stages
+#: whose resources are equal, which would move rendering into the OCR actors instead of CPU tasks.
+READ_CPUS = 1.0
+RENDER_CPUS = 0.5
 #: What to install when ``import ray`` fails.
 INSTALL_HINT = "pip install 'docconv[ray]'"
 
@@ -190,10 +194,10 @@ class RayExecutor:
             return False  # an in-process caller (a notebook, the tests) already joined a cluster
         address = self.ray_options.address
         quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if address == LOCAL:
-            ray.init(**quiet)
-        else:
-            ray.init(address=address, **quiet)
+        try:
+            ray.init(**quiet) if address == LOCAL else ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise EngineError(f"cannot start or join Ray at {address!r}: {error}") from None
         return True
 
     def _results(
@@ -213,13 +217,18 @@ class RayExecutor:
         context.preserve_order = False
         dataset = (
             ray.data.from_items(rows, override_num_blocks=len(rows))
-            .map(render_stage, fn_kwargs={"documents": list(documents), "options": options})
+            .map(
+                render_stage,
+                fn_kwargs={"documents": list(documents), "options": options},
+                num_cpus=RENDER_CPUS,
+            )
             .map_batches(
                 ReadStage,
                 fn_constructor_args=(options,),
                 batch_size=options.batch_size,
                 batch_format="numpy",
-                concurrency=ray_options.workers,
+                compute=ray.data.ActorPoolStrategy(size=ray_options.workers),
+                num_cpus=READ_CPUS,
                 num_gpus=ray_options.gpus_per_worker or None,
             )
             .map(figures_stage, fn_kwargs={"link_prefixes": link_prefixes})
