@@ -155,7 +155,8 @@ def convert(
         TablesFormat | None,
         typer.Option(
             "--tables-format",
-            help="Tables in Markdown: auto (HTML only when cells span), md or html." + default_of("tables_format"),
+            help="Tables in Markdown: auto (HTML only when cells span), md or html."
+            + default_of("tables_format"),
             rich_help_panel=OUTPUT,
             show_default=False,
         ),
@@ -232,7 +233,10 @@ def convert(
     attn: Annotated[
         str | None,
         typer.Option(
-            "--attn", help="auto, sdpa or flash." + default_of("attn"), rich_help_panel=ENGINE, show_default=False
+            "--attn",
+            help="auto, sdpa or flash." + default_of("attn"),
+            rich_help_panel=ENGINE,
+            show_default=False,
         ),
     ] = None,
     offline: Annotated[
@@ -319,7 +323,9 @@ def convert(
     ] = 1,
     ray_gpus_per_worker: Annotated[
         float,
-        typer.Option("--ray-gpus-per-worker", min=0.0, help="GPUs each OCR actor reserves.", rich_help_panel=SCALE),
+        typer.Option(
+            "--ray-gpus-per-worker", min=0.0, help="GPUs each OCR actor reserves.", rich_help_panel=SCALE
+        ),
     ] = 0.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress display or summary.")] = False,
     verbose: Annotated[
@@ -348,16 +354,18 @@ def convert(
         }
     )
     paths = _input_paths(inputs or [], from_list, null)
+    ray_options = _ray_options(ray, ray_workers, ray_gpus_per_worker, output)
     # -o stays a string until here: Path("out/") would forget the slash that asks for a directory.
     wants_dir = output is not None and output.endswith(("/", os.sep))
     output_path = Path(output) if output is not None else None
+    if ray_options is not None and ray_options.output_url is not None:
+        output_path, wants_dir = _staging(ray_options.output_url), True
     fmt = _format(output_format, output_path, settings.format)
     several = len(paths) > 1 or any(Path(p).is_dir() for p in paths if p != STDIN)
     if output is None and several and fmt != "jsonl":
         usage_error("several inputs need -o DIR (or --format jsonl to stream to stdout)")
     if tables and output is None:
         usage_error("--tables writes CSV files next to the output; give -o")
-    ray_options = _ray_options(ray, ray_workers, ray_gpus_per_worker, output)
     try:
         selection = parse_pages(pages) if pages else None
     except ValueError as error:
@@ -447,13 +455,17 @@ def _output_is_dir(output: Path | None, wants_dir: bool, several: bool, fmt: str
     return False
 
 
-def _ray_options(address: str | None, workers: int, gpus_per_worker: float, output: str | None) -> RayOptions | None:
+def _ray_options(
+    address: str | None, workers: int, gpus_per_worker: float, output: str | None
+) -> RayOptions | None:
     """``--ray`` and its companions; exit 2 when Ray is missing or the run cannot go to Ray."""
     if address is None:
+        if output is not None and "://" in output:
+            usage_error(f"-o {output}: writing to a URL needs --ray (local, or a cluster's address)")
         if workers != 1 or gpus_per_worker:
             usage_error("--ray-workers and --ray-gpus-per-worker apply to --ray runs; add --ray ADDRESS")
         return None
-    from docconv.run.ray_executor import RayOptions, RayUnavailable, import_ray
+    from docconv.run.ray_executor import RayOptions, RayUnavailable, import_ray, is_url
 
     try:
         import_ray()
@@ -461,7 +473,13 @@ def _ray_options(address: str | None, workers: int, gpus_per_worker: float, outp
         usage_error(str(error))
     if output is None:
         usage_error("--ray writes its outputs to files; give -o")
-    return RayOptions(address, workers, gpus_per_worker)
+    return RayOptions(address, workers, gpus_per_worker, output if is_url(output) else None)
+
+
+def _staging(url: str) -> Path:
+    from docconv.run.ray_executor import staging_directory
+
+    return staging_directory(url)
 
 
 def _run(

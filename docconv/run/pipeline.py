@@ -15,7 +15,7 @@ import glob
 import logging
 import sys
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -117,8 +117,15 @@ class Pipeline:
         reporter: Reporter,
         stdout: TextIO | None = None,
         engine: Engine | None = None,
+        output_exists: Callable[[Path], bool] = Path.exists,
+        on_written: Callable[[Path], None] | None = None,
     ) -> None:
+        """``output_exists`` and ``on_written`` let an executor keep outputs elsewhere than in
+        ``options.output`` (``--ray`` to a URL): whether a document's output is already there, and
+        what to do once a document's files are written."""
         self.options = options
+        self._output_exists = output_exists
+        self._on_written = on_written
         self.reporter = reporter
         self.stdout = stdout or sys.stdout
         self.summary = RunSummary()
@@ -176,7 +183,7 @@ class Pipeline:
         """Open ``document`` for converting, with the pages its journal already holds; None when it
         is skipped (its output exists) or cannot be opened (reported as a failure)."""
         target = output_target(document, self.options)
-        if target is not None and target.exists() and not self.options.overwrite:
+        if target is not None and not self.options.overwrite and self._output_exists(target):
             log.info("%s: %s exists, skipped (use --overwrite to redo it)", document.source, target)
             self.summary.skipped += 1
             self.reporter.document_done()
@@ -316,6 +323,8 @@ class Pipeline:
         else:
             try:
                 self._write_files(run.target, document)
+                if self._on_written is not None:
+                    self._on_written(run.target)
             except OSError as error:
                 self.fail_document(run, _write_error(run.target, error))
                 return

@@ -15,17 +15,22 @@ is reported like in a local run.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import logging
 import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import platformdirs
 from PIL import Image
 
 from docconv.engines.base import EngineError
 from docconv.output import writers
+from docconv.output.raw import RAW_SUFFIX
 from docconv.run.options import ConvertOptions
 from docconv.run.pipeline import DocumentRun, Pipeline, load_engine, render_page
 from docconv.run.progress import Reporter, RunSummary
@@ -56,6 +61,21 @@ class RayOptions:
     address: str  # local | auto | ray://host:port | host:port
     workers: int = 1  # OCR actors, each with its own engine
     gpus_per_worker: float = 0.0
+    #: -o as an fsspec URL (s3://bucket/out/): the run writes into ``options.output``, a local
+    #: staging directory holding the journals, and uploads each document once it is complete.
+    output_url: str | None = None
+
+
+def is_url(output: str) -> bool:
+    """Whether ``-o`` names an fsspec URL (``s3://...``, ``file:///...``) rather than a local path."""
+    return "://" in output
+
+
+def staging_directory(url: str) -> Path:
+    """The local directory a run to ``url`` writes and journals in: the same for every rerun of it,
+    so a killed run's journals are found again."""
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return Path(platformdirs.user_cache_dir("docconv")) / "ray-staging" / digest
 
 
 def import_ray() -> Any:
@@ -155,7 +175,13 @@ class RayExecutor:
         self.options = options
         self.ray_options = ray_options
         self.reporter = reporter
-        self.pipeline = Pipeline(options, reporter)
+        self.remote = RemoteOutputs(ray_options.output_url, options) if ray_options.output_url else None
+        if self.remote is None:
+            self.pipeline = Pipeline(options, reporter)
+        else:
+            self.pipeline = Pipeline(
+                options, reporter, output_exists=self.remote.exists, on_written=self.remote.upload
+            )
 
     def run(self, documents: Sequence[InputDocument]) -> RunSummary:
         """Convert ``documents``; raises EngineError (no engine can start) and KeyboardInterrupt."""
@@ -190,6 +216,10 @@ class RayExecutor:
 
     def _connect(self, ray: Any) -> bool:
         """Join (or for ``local`` start) Ray; True when this run started it and must stop it."""
+        if not log.isEnabledFor(logging.DEBUG):
+            # Ray Data's notes (execution plans, log locations) would interleave with docconv's
+            # progress; -vv shows them.
+            logging.getLogger("ray").setLevel(logging.ERROR)
         if ray.is_initialized():
             return False  # an in-process caller (a notebook, the tests) already joined a cluster
         address = self.ray_options.address
@@ -245,3 +275,39 @@ class RayExecutor:
             self.pipeline.fail_document(run, str(row["error"]))
             return
         self.pipeline.finish_read(run, int(row["index"]), read, figure_crops=crops)
+
+
+class RemoteOutputs:
+    """``-o URL``: outputs staged in ``options.output`` and uploaded through fsspec, a document
+    at a time, its main output last (so an output that exists there is complete)."""
+
+    def __init__(self, url: str, options: ConvertOptions) -> None:
+        try:
+            import fsspec
+        except ImportError:
+            raise RayUnavailable(f"-o {url} needs fsspec; install it with {INSTALL_HINT}") from None
+        assert options.output is not None
+        self.staging = options.output
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/")
+
+    def remote_path(self, staged: Path) -> str:
+        relative = staged.relative_to(self.staging).as_posix()
+        return self.root if relative == "." else f"{self.root}/{relative}"
+
+    def exists(self, target: Path) -> bool:
+        return bool(self.fs.exists(self.remote_path(target)))
+
+    def upload(self, target: Path) -> None:
+        """Send ``target``'s document (output, raw file, table CSVs, figures), then drop the staged copies."""
+        images_dir = writers.figure_location(target)[0]
+        companions = [
+            *target.parent.glob(f"{glob.escape(target.stem)}_p*_t*.csv"),
+            target.with_name(target.stem + RAW_SUFFIX),
+            *(images_dir.rglob("*") if images_dir.is_dir() else []),
+        ]
+        for path in [*(p for p in companions if p.is_file()), target]:
+            self.fs.makedirs(self.remote_path(path.parent), exist_ok=True)
+            self.fs.put_file(str(path), self.remote_path(path))
+        for path in [*(p for p in companions if p.is_file()), target]:
+            path.unlink()

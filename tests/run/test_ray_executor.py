@@ -192,3 +192,24 @@ def test_a_page_that_cannot_be_rendered_is_reported_and_the_other_documents_are_
     assert "broken.png" in result.output
     assert (tmp_path / "out" / "good.md").exists()
     assert not (tmp_path / "out" / "broken.md").exists()
+
+
+def test_outputs_to_an_fsspec_url_are_uploaded_whole_and_a_rerun_skips_them(
+    cluster: str, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where the staging directory goes
+    tree = tmp_path / "in"
+    make_pdf(tree / "sub" / "a.pdf", pages=1)
+    url = f"file://{tmp_path}/bucket/out/"
+    args = [tree, "-o", url, "--ray", "local", "--keep-raw", "-v", *engine_args(tiny_model_dir)]
+
+    first = invoke(*args)
+    again = invoke(*args)
+
+    assert first.exit_code == 0, first.output
+    uploaded = sorted(p.relative_to(tmp_path / "bucket" / "out") for p in (tmp_path / "bucket").rglob("*.*"))
+    assert [p.as_posix() for p in uploaded] == ["sub/a.md", "sub/a.raw.json"]
+    assert (tmp_path / "bucket" / "out" / "sub" / "a.md").read_text().strip()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing left staged
+    assert again.exit_code == 0, again.output
+    assert "exists, skipped" in again.output
