@@ -272,7 +272,8 @@ def convert(
         typer.Option(
             "--batch-size",
             min=1,
-            help="Pages decoded together." + default_of("batch_size"),
+            help="Pages decoded together."
+            + default_of("batch_size", "1 on CPU, on CUDA what free memory holds"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),

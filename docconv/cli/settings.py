@@ -72,7 +72,7 @@ class Settings:
     dtype: str = "auto"
     mode: str = AUTO
     max_ratio: float = DEFAULT_MAX_RATIO
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = DEFAULT_BATCH_SIZE  # None: the engine's default
     max_tokens: int = DEFAULT_GENERATION.max_new_tokens
     ngram: int = DEFAULT_GENERATION.ngram_size
     ngram_window: int = DEFAULT_GENERATION.ngram_window
@@ -138,8 +138,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.name != "sources")
 #: The built-in defaults, which ``--help`` shows.
 DEFAULTS = Settings()
-_TYPES: dict[str, type] = {key: type(getattr(DEFAULTS, key)) for key in KEYS} | {"dpi": int}
-_NULLABLE = frozenset({"dpi"})
+_TYPES: dict[str, type] = {key: type(getattr(DEFAULTS, key)) for key in KEYS} | {"dpi": int, "batch_size": int}
+_NULLABLE = frozenset({"dpi", "batch_size"})
 
 
 def config_dir() -> Path:

@@ -85,6 +85,8 @@ class Engine(Protocol):
     device: str  # the device actually used, e.g. "cpu", "cuda:0"
     dtype: str  # e.g. "bfloat16"
     quant: str  # "none" | "8bit" | "4bit" | "int4"
+    #: Pages per engine call when ``--batch-size`` is not given (optional: 1 where absent).
+    default_batch_size: int
 
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:
         """Vision tokens a page of this size costs in ``mode`` (no model run)."""

@@ -135,6 +135,11 @@ class Pipeline:
         self._logged_causes: set[str] = set()  # engine failures whose traceback -v already showed
 
     @property
+    def batch_size(self) -> int:
+        """``--batch-size``, else the engine's default (an engine without one reads a page at a time)."""
+        return self.options.batch_size or getattr(self.engine, "default_batch_size", 1)
+
+    @property
     def engine(self) -> Engine:
         if self._engine is None:
             self._engine = load_engine(self.options.engine)
@@ -147,7 +152,7 @@ class Pipeline:
             batch: list[PageWork] = []
             for work in self._page_works(documents):
                 batch.append(work)
-                if sum(len(w.bands) for w in batch) >= self.options.batch_size:
+                if sum(len(w.bands) for w in batch) >= self.batch_size:
                     self._process(batch)
                     batch = []
             if batch:

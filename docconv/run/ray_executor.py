@@ -255,7 +255,8 @@ class RayExecutor:
             .map_batches(
                 ReadStage,
                 fn_constructor_args=(options,),
-                batch_size=options.batch_size,
+                # Ray cuts batches before any actor has seen its device: GPU workers want --batch-size.
+                batch_size=options.batch_size or 1,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=ray_options.workers),
                 num_cpus=READ_CPUS,
