@@ -20,8 +20,10 @@ from docconv.cli.choices import Format, Mode, TablesFormat, Task, value_of
 from docconv.cli.exit_codes import ExitCode
 from docconv.cli.settings import DEFAULTS, DPI_RANGE, env_var, settings_or_exit
 from docconv.cli.signals import Terminated
+from docconv.engines import SERVED_MODES
 from docconv.engines.base import EngineError, EngineOptions
 from docconv.output import options as output_options
+from docconv.run.modes import AUTO
 from docconv.run.options import ConvertOptions
 from docconv.run.pipeline import Pipeline
 from docconv.run.progress import Reporter
@@ -212,6 +214,16 @@ def convert(
             show_default=False,
         ),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="deepseek-ocr (native: CPU, CUDA, MPS) or vllm (GPU; docconv[vllm] in its own environment, "
+            "gundam mode only)." + default_of("engine"),
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[
         str | None,
         typer.Option(
@@ -337,6 +349,7 @@ def convert(
     settings = settings_or_exit(
         {
             "model": model,
+            "engine": engine,
             "device": device,
             "quant": quant,
             "attn": attn,
@@ -367,6 +380,7 @@ def convert(
         usage_error("several inputs need -o DIR (or --format jsonl to stream to stdout)")
     if tables and output is None:
         usage_error("--tables writes CSV files next to the output; give -o")
+    _check_mode_served(settings.engine, settings.mode)
     try:
         selection = parse_pages(pages) if pages else None
     except ValueError as error:
@@ -388,6 +402,7 @@ def convert(
             dtype=settings.dtype,
             offline=offline,
             max_tiles=settings.max_tiles,
+            kind=settings.engine,
         ),
         render=render,
         output=output_path,
@@ -454,6 +469,15 @@ def _output_is_dir(output: Path | None, wants_dir: bool, several: bool, fmt: str
             "(or end -o with / for a directory)"
         )
     return False
+
+
+def _check_mode_served(engine: str, mode: str) -> None:
+    served = SERVED_MODES[engine]
+    if mode != AUTO and mode not in served:
+        usage_error(
+            f"--engine {engine} reads only the {', '.join(served)} mode, not {mode}; "
+            f"use --mode auto or --mode {served[0]}"
+        )
 
 
 def _ray_options(

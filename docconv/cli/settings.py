@@ -28,7 +28,8 @@ import typer
 
 from deepseek_ocr.modes import DEFAULT_MAX_TILES, DEFAULT_MIN_TILES, MODES
 from docconv.cli.exit_codes import ExitCode
-from docconv.engines.base import DEFAULT_GENERATION
+from docconv.engines import ENGINES
+from docconv.engines.base import DEFAULT_ENGINE, DEFAULT_GENERATION
 from docconv.models.registry import DEFAULT_MODEL
 from docconv.output import options as output_options
 from docconv.run.modes import AUTO, DEFAULT_MAX_RATIO
@@ -66,6 +67,7 @@ class Settings:
     """Every configurable engine and pipeline option, with its default."""
 
     model: str = DEFAULT_MODEL
+    engine: str = DEFAULT_ENGINE
     device: str = "auto"
     quant: str = "auto"
     attn: str = "auto"
@@ -119,6 +121,7 @@ def _non_empty(value: Any) -> str | None:
 #: Range and choice checks per key (types are checked from the field annotations).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model": _non_empty,
+    "engine": _one_of(*ENGINES),
     "device": _device,
     "quant": _one_of(*QUANTS),
     "attn": _one_of(*ATTENTIONS),
@@ -138,7 +141,10 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.name != "sources")
 #: The built-in defaults, which ``--help`` shows.
 DEFAULTS = Settings()
-_TYPES: dict[str, type] = {key: type(getattr(DEFAULTS, key)) for key in KEYS} | {"dpi": int, "batch_size": int}
+_TYPES: dict[str, type] = {key: type(getattr(DEFAULTS, key)) for key in KEYS} | {
+    "dpi": int,
+    "batch_size": int,
+}
 _NULLABLE = frozenset({"dpi", "batch_size"})
 
 

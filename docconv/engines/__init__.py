@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import importlib
 
-from docconv.engines.base import Engine, EngineError, EngineOptions
+from deepseek_ocr.modes import MODES
+from docconv.engines.base import DEFAULT_ENGINE, Engine, EngineError, EngineOptions
 
 #: Engine name -> the module that builds it.
-ENGINES: dict[str, str] = {"deepseek-ocr": "docconv.engines.deepseek"}
-DEFAULT_ENGINE = "deepseek-ocr"
+ENGINES: dict[str, str] = {"deepseek-ocr": "docconv.engines.deepseek", "vllm": "docconv.engines.vllm"}
+
+#: The resolution modes each engine reads, known before it loads (so ``--mode`` is checked at
+#: once). vLLM's DeepSeek-OCR processor hard-codes gundam's sizes and cropping (its module
+#: constants BASE_SIZE 1024, IMAGE_SIZE 640, CROP_MODE True); the engine checks them at start.
+SERVED_MODES: dict[str, tuple[str, ...]] = {"deepseek-ocr": tuple(MODES), "vllm": ("gundam",)}
+
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "SERVED_MODES", "create_engine"]
 
 
-def create_engine(options: EngineOptions, kind: str = DEFAULT_ENGINE) -> Engine:
-    """Build the engine ``kind``; raises :class:`EngineError` when it cannot start."""
+def create_engine(options: EngineOptions) -> Engine:
+    """Build the engine ``options.kind``; raises :class:`EngineError` when it cannot start."""
     try:
-        module = ENGINES[kind]
+        module = ENGINES[options.kind]
     except KeyError:
-        raise EngineError(f"unknown engine {kind!r}; known: {', '.join(sorted(ENGINES))}") from None
+        raise EngineError(f"unknown engine {options.kind!r}; known: {', '.join(sorted(ENGINES))}") from None
     return importlib.import_module(module).create_engine(options)

@@ -24,7 +24,7 @@ from deepseek_ocr import (
 from deepseek_ocr.cpu import sam
 from deepseek_ocr.generation_settings import REPEATABLE_TOKENS
 from deepseek_ocr.loading import available_memory, codes_bfloat16, load_config, return_freed_memory
-from docconv.engines import batching
+from docconv.engines import SERVED_MODES, batching
 from docconv.engines.base import (
     DEFAULT_GENERATION,
     EngineError,
@@ -63,6 +63,7 @@ class DeepseekOcrEngine:
     """Loads the model once; reads batches of pages greedily."""
 
     name = "deepseek-ocr"
+    modes = SERVED_MODES["deepseek-ocr"]
 
     def __init__(self, options: EngineOptions) -> None:
         # docconv draws its own progress on stderr; transformers' bars and notices would interleave.

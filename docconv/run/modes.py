@@ -52,6 +52,12 @@ class BudgetSource(Protocol):
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget: ...
 
 
+def served_modes(engine: object) -> tuple[str, ...]:
+    """The modes ``engine`` reads, in increasing cost (every mode for an engine that does not say)."""
+    served = getattr(engine, "modes", MODE_ORDER)
+    return tuple(mode for mode in MODE_ORDER if mode in served)
+
+
 @dataclass(frozen=True)
 class ModeChoice:
     """The mode a page is read in, and the numbers that justified it."""
@@ -137,7 +143,10 @@ def _cheapest_sufficient_mode(
 ) -> str:
     width, height = band_sizes(page_size)[0]  # what each engine call sees
     aspect = max(width, height) / max(1, min(width, height))
-    candidates = MODE_ORDER[: MODE_ORDER.index(AUTO_CEILING) + 1]
+    served = served_modes(engine)
+    candidates = [mode for mode in MODE_ORDER[: MODE_ORDER.index(AUTO_CEILING) + 1] if mode in served]
+    if not candidates:
+        return served[0]  # an engine reading only costlier modes: its cheapest
     budgets = {mode: page_budget(engine, page_size, mode) for mode in candidates}
     # Cost is what the decoder attends over; for small pages Gundam costs no more than Base.
     by_cost = sorted(candidates, key=lambda mode: (budgets[mode].sequence, MODE_ORDER.index(mode)))
@@ -147,4 +156,4 @@ def _cheapest_sufficient_mode(
         share = STRETCHED_RATIO_SHARE if mode in STRETCHED_MODES else 1.0
         if budgets[mode].valid > 0 and tokens <= max_ratio * share * budgets[mode].valid:
             return mode
-    return MODE_ORDER[-1]
+    return served[-1]

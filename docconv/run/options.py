@@ -11,7 +11,7 @@ from pathlib import Path
 
 from deepseek_ocr.prompts import TASK_PROMPTS as MODEL_PROMPTS
 from deepseek_ocr.prompts import with_image_slot
-from docconv.engines.base import DEFAULT_GENERATION, EngineOptions
+from docconv.engines.base import DEFAULT_ENGINE, DEFAULT_GENERATION, EngineOptions
 from docconv.output.options import RenderOptions
 from docconv.run.modes import AUTO, DEFAULT_MAX_RATIO
 from docconv.sources.selection import PageSelection
@@ -62,7 +62,8 @@ class ConvertOptions:
 
     def result_options(self) -> dict[str, object]:
         """Options that change a page's result: a journal written under others is not reused."""
-        return {
+        engine = {} if self.engine.kind == DEFAULT_ENGINE else {"engine": self.engine.kind}
+        return engine | {
             "model": self.engine.model,
             "quant": self.engine.quant,
             "dtype": self.engine.dtype,

@@ -22,7 +22,7 @@ from docconv.engines.base import Engine, EngineError, EngineOutput, PageJob, Tok
 from docconv.output import postprocess
 from docconv.output.document import Page
 from docconv.run import bands
-from docconv.run.modes import AUTO, ModeChoice, next_larger_mode, resolve_mode
+from docconv.run.modes import AUTO, MODE_ORDER, ModeChoice, resolve_mode, served_modes
 from docconv.run.options import ConvertOptions
 
 log = logging.getLogger("docconv.run.reading")
@@ -151,7 +151,7 @@ class PageReader:
         if retry:
             ngram = max(RETRY_MIN_NGRAM, ngram // RETRY_NGRAM_DIVISOR)
             window = window * RETRY_WINDOW_FACTOR
-        mode = read_mode(work.mode, retry)
+        mode = read_mode(work.mode, retry, served_modes(self.engine))
         return PageJob(band.image, mode, options.full_prompt(), options.max_tokens, ngram, window)
 
     def _page_from(self, work: PageWork, outputs: list[EngineOutput], retry: bool) -> Page:
@@ -164,7 +164,7 @@ class PageReader:
             number=work.index + 1,
             width=work.image.width,
             height=work.image.height,
-            mode=read_mode(work.mode, retry),
+            mode=read_mode(work.mode, retry, served_modes(self.engine)),
             vision_tokens=sum(out.vision.tokens for out in outputs),
             valid_vision_tokens=sum(out.vision.valid for out in outputs),
             text_tokens=sum(out.text_tokens for out in outputs),
@@ -207,6 +207,9 @@ def describe_exception(error: BaseException) -> str:
     return message if len(message) <= MAX_CAUSE_CHARS else message[: MAX_CAUSE_CHARS - 1] + "…"
 
 
-def read_mode(chosen: str, retry: bool) -> str:
-    """The retry reads one mode up (the most capable mode retries as itself)."""
-    return (next_larger_mode(chosen) or chosen) if retry else chosen
+def read_mode(chosen: str, retry: bool, served: tuple[str, ...] = MODE_ORDER) -> str:
+    """The retry reads one mode up among the ``served`` ones (the most capable retries as itself)."""
+    if not retry:
+        return chosen
+    larger = [mode for mode in served if MODE_ORDER.index(mode) > MODE_ORDER.index(chosen)]
+    return larger[0] if larger else chosen
