@@ -326,7 +326,7 @@ def convert(
             "--ray",
             metavar="ADDRESS",
             help="Run on Ray Data: 'local' starts Ray here; 'auto' or ray://host:port joins a cluster "
-            "(needs docconv[ray]; inputs and -o must be reachable from every node).",
+            "(needs docconv[ray]; inputs must be readable on every node; -o may be an fsspec URL).",
             rich_help_panel=SCALE,
         ),
     ] = None,
