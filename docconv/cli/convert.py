@@ -11,7 +11,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -20,13 +20,18 @@ from docconv.cli.choices import Format, Mode, TablesFormat, Task, value_of
 from docconv.cli.exit_codes import ExitCode
 from docconv.cli.settings import DEFAULTS, DPI_RANGE, env_var, settings_or_exit
 from docconv.cli.signals import Terminated
+from docconv.engines import SERVED_MODES
 from docconv.engines.base import EngineError, EngineOptions
 from docconv.output import options as output_options
+from docconv.run.modes import AUTO
 from docconv.run.options import ConvertOptions
 from docconv.run.pipeline import Pipeline
 from docconv.run.progress import Reporter
 from docconv.sources.inputs import STDIN, read_list, resolve_inputs
 from docconv.sources.selection import parse_pages
+
+if TYPE_CHECKING:
+    from docconv.run.ray_executor import RayOptions
 
 
 def default_of(key: str, shown: str | None = None) -> str:
@@ -45,6 +50,7 @@ INPUTS = "Inputs"
 OUTPUT = "Output"
 READING = "Reading"
 ENGINE = "Engine"
+SCALE = "Scale out (Ray)"
 
 
 def convert(
@@ -152,7 +158,8 @@ def convert(
         TablesFormat | None,
         typer.Option(
             "--tables-format",
-            help="Tables in Markdown: auto (HTML only when cells span), md or html." + default_of("tables_format"),
+            help="Tables in Markdown: auto (HTML only when cells span), md or html."
+            + default_of("tables_format"),
             rich_help_panel=OUTPUT,
             show_default=False,
         ),
@@ -208,6 +215,16 @@ def convert(
             show_default=False,
         ),
     ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="native (docconv's own engines: CPU, CUDA, MPS; the model's config picks DeepSeek-OCR or -OCR-2) or vllm (GPU; docconv[vllm] in its own environment, "
+            "gundam mode only)." + default_of("engine"),
+            rich_help_panel=ENGINE,
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[
         str | None,
         typer.Option(
@@ -229,7 +246,10 @@ def convert(
     attn: Annotated[
         str | None,
         typer.Option(
-            "--attn", help="auto, sdpa or flash." + default_of("attn"), rich_help_panel=ENGINE, show_default=False
+            "--attn",
+            help="auto, sdpa or flash." + default_of("attn"),
+            rich_help_panel=ENGINE,
+            show_default=False,
         ),
     ] = None,
     offline: Annotated[
@@ -265,7 +285,8 @@ def convert(
         typer.Option(
             "--batch-size",
             min=1,
-            help="Pages decoded together." + default_of("batch_size"),
+            help="Pages decoded together."
+            + default_of("batch_size", "1 on CPU, on CUDA what free memory holds"),
             rich_help_panel=ENGINE,
             show_default=False,
         ),
@@ -300,6 +321,26 @@ def convert(
             show_default=False,
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run on Ray Data: 'local' starts Ray here; 'auto' or ray://host:port joins a cluster "
+            "(needs docconv[ray]; inputs must be readable on every node; -o may be an fsspec URL).",
+            rich_help_panel=SCALE,
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int,
+        typer.Option("--ray-workers", min=1, help="OCR actors, one engine each.", rich_help_panel=SCALE),
+    ] = 1,
+    ray_gpus_per_worker: Annotated[
+        float,
+        typer.Option(
+            "--ray-gpus-per-worker", min=0.0, help="GPUs each OCR actor reserves.", rich_help_panel=SCALE
+        ),
+    ] = 0.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress display or summary.")] = False,
     verbose: Annotated[
         int, typer.Option("-v", "--verbose", count=True, help="Log per page; -vv for debug.")
@@ -309,6 +350,7 @@ def convert(
     settings = settings_or_exit(
         {
             "model": model,
+            "engine": engine,
             "device": device,
             "quant": quant,
             "attn": attn,
@@ -327,15 +369,19 @@ def convert(
         }
     )
     paths = _input_paths(inputs or [], from_list, null)
+    ray_options = _ray_options(ray, ray_workers, ray_gpus_per_worker, output)
     # -o stays a string until here: Path("out/") would forget the slash that asks for a directory.
     wants_dir = output is not None and output.endswith(("/", os.sep))
     output_path = Path(output) if output is not None else None
+    if ray_options is not None and ray_options.output_url is not None:
+        output_path, wants_dir = _staging(ray_options.output_url), True
     fmt = _format(output_format, output_path, settings.format)
     several = len(paths) > 1 or any(Path(p).is_dir() for p in paths if p != STDIN)
     if output is None and several and fmt != "jsonl":
         usage_error("several inputs need -o DIR (or --format jsonl to stream to stdout)")
     if tables and output is None:
         usage_error("--tables writes CSV files next to the output; give -o")
+    _check_mode_served(settings.engine, settings.mode)
     try:
         selection = parse_pages(pages) if pages else None
     except ValueError as error:
@@ -357,6 +403,7 @@ def convert(
             dtype=settings.dtype,
             offline=offline,
             max_tiles=settings.max_tiles,
+            kind=settings.engine,
         ),
         render=render,
         output=output_path,
@@ -377,7 +424,7 @@ def convert(
         overwrite=overwrite,
         keep_raw=keep_raw,
     )
-    raise typer.Exit(_run(paths, glob, options, quiet, verbose))
+    raise typer.Exit(_run(paths, glob, options, quiet, verbose, ray_options))
 
 
 def _input_paths(inputs: list[str], from_list: str | None, null: bool) -> list[str]:
@@ -425,7 +472,50 @@ def _output_is_dir(output: Path | None, wants_dir: bool, several: bool, fmt: str
     return False
 
 
-def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: bool, verbose: int) -> int:
+def _check_mode_served(engine: str, mode: str) -> None:
+    served = SERVED_MODES[engine]
+    if mode != AUTO and mode not in served:
+        usage_error(
+            f"--engine {engine} reads only the {', '.join(served)} mode, not {mode}; "
+            f"use --mode auto or --mode {served[0]}"
+        )
+
+
+def _ray_options(
+    address: str | None, workers: int, gpus_per_worker: float, output: str | None
+) -> RayOptions | None:
+    """``--ray`` and its companions; exit 2 when Ray is missing or the run cannot go to Ray."""
+    if address is None:
+        if output is not None and "://" in output:
+            usage_error(f"-o {output}: writing to a URL needs --ray (local, or a cluster's address)")
+        if workers != 1 or gpus_per_worker:
+            usage_error("--ray-workers and --ray-gpus-per-worker apply to --ray runs; add --ray ADDRESS")
+        return None
+    from docconv.run.ray_executor import RayOptions, RayUnavailable, import_ray, is_url
+
+    try:
+        import_ray()
+    except RayUnavailable as error:
+        usage_error(str(error))
+    if output is None:
+        usage_error("--ray writes its outputs to files; give -o")
+    return RayOptions(address, workers, gpus_per_worker, output if is_url(output) else None)
+
+
+def _staging(url: str) -> Path:
+    from docconv.run.ray_executor import staging_directory
+
+    return staging_directory(url)
+
+
+def _run(
+    paths: list[str],
+    glob: str | None,
+    options: ConvertOptions,
+    quiet: bool,
+    verbose: int,
+    ray_options: RayOptions | None = None,
+) -> int:
     reporter = Reporter(quiet=quiet)
     reporter.configure_logging(verbose)
     resolved = resolve_inputs(paths, glob=glob)
@@ -433,7 +523,12 @@ def _run(paths: list[str], glob: str | None, options: ConvertOptions, quiet: boo
         reporter.error(failure.source, failure.message)
     try:
         with reporter:
-            summary = Pipeline(options, reporter).run(resolved.documents)
+            if ray_options is None:
+                summary = Pipeline(options, reporter).run(resolved.documents)
+            else:
+                from docconv.run.ray_executor import RayExecutor
+
+                summary = RayExecutor(options, ray_options, reporter).run(resolved.documents)
     except EngineError as error:
         typer.echo(f"docconv: error: the engine could not start: {error}", err=True)
         return ExitCode.UNAVAILABLE

@@ -28,7 +28,8 @@ import typer
 
 from deepseek_ocr.modes import DEFAULT_MAX_TILES, DEFAULT_MIN_TILES, MODES
 from docconv.cli.exit_codes import ExitCode
-from docconv.engines.base import DEFAULT_GENERATION
+from docconv.engines import ENGINES
+from docconv.engines.base import DEFAULT_ENGINE, DEFAULT_GENERATION
 from docconv.models.registry import DEFAULT_MODEL
 from docconv.output import options as output_options
 from docconv.run.modes import AUTO, DEFAULT_MAX_RATIO
@@ -66,13 +67,14 @@ class Settings:
     """Every configurable engine and pipeline option, with its default."""
 
     model: str = DEFAULT_MODEL
+    engine: str = DEFAULT_ENGINE
     device: str = "auto"
     quant: str = "auto"
     attn: str = "auto"
     dtype: str = "auto"
     mode: str = AUTO
     max_ratio: float = DEFAULT_MAX_RATIO
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = DEFAULT_BATCH_SIZE  # None: the engine's default
     max_tokens: int = DEFAULT_GENERATION.max_new_tokens
     ngram: int = DEFAULT_GENERATION.ngram_size
     ngram_window: int = DEFAULT_GENERATION.ngram_window
@@ -119,6 +121,7 @@ def _non_empty(value: Any) -> str | None:
 #: Range and choice checks per key (types are checked from the field annotations).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model": _non_empty,
+    "engine": _one_of(*ENGINES),
     "device": _device,
     "quant": _one_of(*QUANTS),
     "attn": _one_of(*ATTENTIONS),
@@ -138,8 +141,11 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.name != "sources")
 #: The built-in defaults, which ``--help`` shows.
 DEFAULTS = Settings()
-_TYPES: dict[str, type] = {key: type(getattr(DEFAULTS, key)) for key in KEYS} | {"dpi": int}
-_NULLABLE = frozenset({"dpi"})
+_TYPES: dict[str, type] = {key: type(getattr(DEFAULTS, key)) for key in KEYS} | {
+    "dpi": int,
+    "batch_size": int,
+}
+_NULLABLE = frozenset({"dpi", "batch_size"})
 
 
 def config_dir() -> Path:

@@ -12,20 +12,32 @@ from __future__ import annotations
 
 import importlib
 
-from docconv.engines.base import Engine, EngineError, EngineOptions
+from deepseek_ocr.modes import MODES
+from docconv.engines.base import DEFAULT_ENGINE, Engine, EngineError, EngineOptions
 from docconv.models.registry import DEEPSEEK_OCR2_FAMILY, DEEPSEEK_OCR_FAMILY
 
-#: Engine name (a model family of :mod:`docconv.models.registry`) -> the module that builds it.
-ENGINES: dict[str, str] = {
+#: ``--engine`` name -> the module that builds it. ``native`` (docconv's own engines) stands for
+#: the module of the model's family (:data:`NATIVE_ENGINES`).
+ENGINES: dict[str, str] = {DEFAULT_ENGINE: "docconv.engines.deepseek", "vllm": "docconv.engines.vllm"}
+
+#: Model family (:mod:`docconv.models.registry`) -> docconv's own engine for it.
+NATIVE_ENGINES: dict[str, str] = {
     DEEPSEEK_OCR_FAMILY: "docconv.engines.deepseek",
     DEEPSEEK_OCR2_FAMILY: "docconv.engines.deepseek_ocr2",
 }
-DEFAULT_ENGINE = DEEPSEEK_OCR_FAMILY
+
+#: The resolution modes each engine may read, known before it loads (so ``--mode`` is checked at
+#: once); the loaded engine's ``modes`` narrow them to the model's (DeepSeek-OCR-2: base, gundam).
+#: vLLM's DeepSeek-OCR processor hard-codes gundam's sizes and cropping (its module constants
+#: BASE_SIZE 1024, IMAGE_SIZE 640, CROP_MODE True); the engine checks them at start.
+SERVED_MODES: dict[str, tuple[str, ...]] = {DEFAULT_ENGINE: tuple(MODES), "vllm": ("gundam",)}
+
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "NATIVE_ENGINES", "SERVED_MODES", "create_engine", "engine_for_model"]
 
 
 def engine_for_model(options: EngineOptions) -> str:
-    """The engine that reads ``options.model``: its checkpoint (downloaded first when it is a hub id
-    not yet cached) says which model family it is."""
+    """The model family of ``options.model``: its checkpoint (downloaded first when it is a hub id
+    not yet cached) says which it is."""
     from docconv.models.checkpoint import model_family
     from docconv.models.errors import WeightsError
     from docconv.models.resolve import resolve_model
@@ -36,12 +48,17 @@ def engine_for_model(options: EngineOptions) -> str:
         raise EngineError(str(error)) from None
 
 
-def create_engine(options: EngineOptions, kind: str | None = None) -> Engine:
-    """Build the engine ``kind`` (default: the one :func:`engine_for_model` picks); raises
-    :class:`EngineError` when it cannot start."""
-    kind = kind or engine_for_model(options)
+def engine_module(options: EngineOptions) -> str:
+    """The module that builds the engine ``options.kind`` for ``options.model``."""
+    if options.kind == DEFAULT_ENGINE:
+        return NATIVE_ENGINES[engine_for_model(options)]
     try:
-        module = ENGINES[kind]
+        return ENGINES[options.kind]
     except KeyError:
-        raise EngineError(f"unknown engine {kind!r}; known: {', '.join(sorted(ENGINES))}") from None
-    return importlib.import_module(module).create_engine(options)
+        raise EngineError(f"unknown engine {options.kind!r}; known: {', '.join(sorted(ENGINES))}") from None
+
+
+def create_engine(options: EngineOptions) -> Engine:
+    """Build the engine ``options.kind`` for ``options.model``; raises :class:`EngineError` when it
+    cannot start."""
+    return importlib.import_module(engine_module(options)).create_engine(options)

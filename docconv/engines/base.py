@@ -20,6 +20,8 @@ from deepseek_ocr.modes import DEFAULT_MAX_TILES
 
 #: The model's own defaults (token limit, repetition guard); the CLI shows the same ones.
 DEFAULT_GENERATION = GenerationSettings()
+#: The engine a run uses unless ``--engine`` names another (:data:`docconv.engines.ENGINES`).
+DEFAULT_ENGINE = "native"
 
 
 class EngineError(RuntimeError):
@@ -37,6 +39,7 @@ class EngineOptions:
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     offline: bool = False
     max_tiles: int = DEFAULT_MAX_TILES  # most tiles per page in the gundam modes
+    kind: str = DEFAULT_ENGINE  # which engine: a name in docconv.engines.ENGINES (native: by the model's family)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ class Engine(Protocol):
     device: str  # the device actually used, e.g. "cpu", "cuda:0"
     dtype: str  # e.g. "bfloat16"
     quant: str  # "none" | "8bit" | "4bit" | "int4"
+    #: Pages per engine call when ``--batch-size`` is not given (optional: 1 where absent).
+    default_batch_size: int
+    #: The resolution modes it reads (optional: every mode where absent); ``auto`` picks among them.
+    modes: tuple[str, ...]
 
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:
         """Vision tokens a page of this size costs in ``mode`` (no model run)."""

@@ -22,9 +22,11 @@ from deepseek_ocr import (
 )
 from deepseek_ocr.cpu import sam
 from deepseek_ocr.generation_settings import REPEATABLE_TOKENS
-from deepseek_ocr.loading import codes_bfloat16, load_config, return_freed_memory
+from deepseek_ocr.loading import available_memory, codes_bfloat16, load_config, return_freed_memory
 from deepseek_ocr.modes import MODES
+from docconv.engines import batching
 from docconv.engines.base import (
+    DEFAULT_GENERATION,
     EngineError,
     EngineOptions,
     EngineOutput,
@@ -91,6 +93,23 @@ class DeepseekOcrEngine:
                 "SAM's bfloat16 linears on torch: oneDNN's fused linear %s", sam.onednn_unavailable_reason
             )
         self._exempt_ids = [self.processor.special_token_id(token) for token in REPEATABLE_TOKENS]
+        self.default_batch_size = self._default_batch_size(config, options.max_tiles)
+
+    def _default_batch_size(self, config, max_tiles: int) -> int:
+        """On CUDA as many pages as the free memory holds (:mod:`docconv.engines.batching`); else 1."""
+        if not self.plan.device.startswith("cuda"):
+            return 1
+        page_bytes = batching.page_cache_bytes(
+            layers=config.num_hidden_layers,
+            kv_heads=config.num_key_value_heads,
+            head_dim=config.hidden_size // config.num_attention_heads,
+            dtype_bytes=self.plan.dtype.itemsize,
+            max_new_tokens=DEFAULT_GENERATION.max_new_tokens,  # the worst case: the run's limit is not known here
+            max_tiles=max_tiles,
+        )
+        size = batching.batch_size_for_memory(available_memory(self.plan.device), page_bytes)
+        log.info("default batch on %s: %d pages (free memory after loading)", self.plan.device, size)
+        return size
 
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget:
         counts = self.processor.vision_budget(width, height, mode)

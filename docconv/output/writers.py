@@ -9,7 +9,9 @@ half-written output behind.
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from PIL import Image
@@ -84,11 +86,18 @@ def _clamp(value: float, limit: int) -> int:
 
 
 def save_figures(page: Page, page_image: Image.Image, images_dir: Path, link_prefix: str) -> None:
-    """Crop each figure from the page image into ``images_dir/<page>_<k>.png`` and link it.
+    """Crop each figure from the page image into ``images_dir/<page>_<k>.png`` and link it."""
+    write_figure_crops(figure_crops(page, page_image, link_prefix), images_dir)
+
+
+def figure_crops(page: Page, page_image: Image.Image, link_prefix: str) -> dict[str, bytes]:
+    """Each figure of ``page`` cropped from the page image as PNG bytes, by file name
+    (``<page>_<k>.png``); links the figure blocks to ``link_prefix + name``.
 
     A figure with several boxes is cropped once, around all of them: one figure, one file
     (the official code numbers boxes and records differently there and links the wrong crop).
     """
+    crops: dict[str, bytes] = {}
     figures = [block for block in page.blocks if block.type == "image" and block.bboxes]
     for k, block in enumerate(figures):
         box = _scaled(_union(block.bboxes), page, page_image)
@@ -98,6 +107,15 @@ def save_figures(page: Page, page_image: Image.Image, images_dir: Path, link_pre
         crop = page_image.crop(box)
         if crop.mode not in ("RGB", "RGBA", "L"):
             crop = crop.convert("RGB")
-        with atomic_open(Path(images_dir) / name, "wb") as handle:
-            crop.save(handle, format="PNG")
+        encoded = io.BytesIO()
+        crop.save(encoded, format="PNG")
+        crops[name] = encoded.getvalue()
         block.image_path = link_prefix + name
+    return crops
+
+
+def write_figure_crops(crops: Mapping[str, bytes], images_dir: Path) -> None:
+    """Write :func:`figure_crops`' files into ``images_dir``, each atomically."""
+    for name, data in crops.items():
+        with atomic_open(Path(images_dir) / name, "wb") as handle:
+            handle.write(data)

@@ -54,6 +54,12 @@ class BudgetSource(Protocol):
     def vision_budget(self, width: int, height: int, mode: str) -> VisionBudget: ...
 
 
+def served_modes(engine: object) -> tuple[str, ...]:
+    """The modes ``engine`` reads, in increasing cost (every mode for an engine that does not say)."""
+    served = getattr(engine, "modes", MODE_ORDER)
+    return tuple(mode for mode in MODE_ORDER if mode in served)
+
+
 @dataclass(frozen=True)
 class ModeChoice:
     """The mode a page is read in, and the numbers that justified it."""
@@ -99,8 +105,8 @@ def resolve_mode(
     :func:`docconv.run.bands.split_into_bands` cuts into bands is judged by the bands' geometry
     and their vision tokens together, since that is how the engine reads it.
     """
-    if requested != AUTO and requested not in engine.modes:
-        raise ValueError(f"unknown mode {requested!r}; expected auto or one of {', '.join(engine.modes)}")
+    if requested != AUTO and requested not in served_modes(engine):
+        raise ValueError(f"unknown mode {requested!r}; expected auto or one of {', '.join(served_modes(engine))}")
     if max_ratio <= 0:
         raise ValueError(f"max_ratio must be positive, got {max_ratio}")
     tokens, source = _text_tokens(text_tokens, image, required=requested == AUTO)
@@ -149,15 +155,17 @@ def _cheapest_sufficient_mode(
 ) -> str:
     width, height = band_sizes(page_size)[0]  # what each engine call sees
     aspect = max(width, height) / max(1, min(width, height))
-    modes = engine.modes
-    candidates = modes[: modes.index(AUTO_CEILING) + 1] if AUTO_CEILING in modes else modes
+    served = served_modes(engine)
+    candidates = [mode for mode in MODE_ORDER[: MODE_ORDER.index(AUTO_CEILING) + 1] if mode in served]
+    if not candidates:
+        return served[0]  # an engine reading only costlier modes: its cheapest
     budgets = {mode: page_budget(engine, page_size, mode) for mode in candidates}
     # Cost is what the decoder attends over; for small pages Gundam costs no more than Base.
-    by_cost = sorted(candidates, key=lambda mode: (budgets[mode].sequence, modes.index(mode)))
+    by_cost = sorted(candidates, key=lambda mode: (budgets[mode].sequence, MODE_ORDER.index(mode)))
     for mode in by_cost:
         if mode in STRETCHED_MODES and aspect > STRETCHED_MAX_ASPECT:
             continue
         share = STRETCHED_RATIO_SHARE if mode in STRETCHED_MODES else 1.0
         if budgets[mode].valid > 0 and tokens <= max_ratio * share * budgets[mode].valid:
             return mode
-    return modes[-1]
+    return served[-1]

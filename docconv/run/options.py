@@ -11,7 +11,7 @@ from pathlib import Path
 
 from deepseek_ocr.prompts import TASK_PROMPTS as MODEL_PROMPTS
 from deepseek_ocr.prompts import with_image_slot
-from docconv.engines.base import DEFAULT_GENERATION, EngineOptions
+from docconv.engines.base import DEFAULT_ENGINE, DEFAULT_GENERATION, EngineOptions
 from docconv.output.options import RenderOptions
 from docconv.run.modes import AUTO, DEFAULT_MAX_RATIO
 from docconv.sources.selection import PageSelection
@@ -22,8 +22,8 @@ TASK_PROMPTS: dict[str, str] = {task: MODEL_PROMPTS[task] for task in TASKS}
 #: Handwriting is read without layout grounding: grounding makes the model re-flow lines into paragraphs.
 HANDWRITING_PROMPT = TASK_PROMPTS["text"]
 
-#: Pages decoded together unless ``--batch-size`` says otherwise.
-DEFAULT_BATCH_SIZE = 1
+#: ``--batch-size`` not given: the engine's own default (one page on CPU; on CUDA what fits).
+DEFAULT_BATCH_SIZE: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ConvertOptions:
     prompt: str | None = None
     handwriting: bool = False
     tables: bool = False
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = DEFAULT_BATCH_SIZE
     max_tokens: int = DEFAULT_GENERATION.max_new_tokens
     ngram: int = DEFAULT_GENERATION.ngram_size
     ngram_window: int = DEFAULT_GENERATION.ngram_window
@@ -62,7 +62,8 @@ class ConvertOptions:
 
     def result_options(self) -> dict[str, object]:
         """Options that change a page's result: a journal written under others is not reused."""
-        return {
+        engine = {} if self.engine.kind == DEFAULT_ENGINE else {"engine": self.engine.kind}
+        return engine | {
             "model": self.engine.model,
             "quant": self.engine.quant,
             "dtype": self.engine.dtype,

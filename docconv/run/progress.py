@@ -62,6 +62,7 @@ class Reporter:
         self._tokens = 0
         self._tokens_started = time.monotonic()
         self._current_mode = ""
+        self._pages_started: tuple[float, int] | None = None  # (when, pages done then): --ray's rate
 
     def configure_logging(self, verbosity: int) -> None:
         """``-v`` logs per page, ``-vv`` adds debug output; drawn through the live display's console."""
@@ -113,6 +114,17 @@ class Reporter:
             self._progress.remove_task(self._pages_task)
         self._pages_task = self._progress.add_task(name, total=pages, completed=resumed, detail="")
 
+    def start_pages(self, total: int, done: int) -> None:
+        """One bar for all pages of the run, when pages finish in any order across documents
+        (``--ray``): done/total, pages per second and the time left."""
+        log.info("%d pages, %d already done", total, done)
+        if self._progress is None:
+            return
+        if self._pages_task is not None:
+            self._progress.remove_task(self._pages_task)
+        self._pages_task = self._progress.add_task("pages", total=total, completed=done, detail="")
+        self._pages_started = (time.monotonic(), done)
+
     def page_started(self, mode: str) -> None:
         self._update_detail(mode)
 
@@ -139,10 +151,19 @@ class Reporter:
         )
         if self._progress is not None and self._pages_task is not None:
             self._progress.advance(self._pages_task)
+            if self._pages_started is not None:
+                self._update_page_rate()
 
     def document_done(self) -> None:
         if self._progress is not None and self._documents_task is not None:
             self._progress.advance(self._documents_task)
+
+    def _update_page_rate(self) -> None:
+        assert self._progress is not None and self._pages_task is not None and self._pages_started
+        since, done_then = self._pages_started
+        done = next(task.completed for task in self._progress.tasks if task.id == self._pages_task)
+        rate = (done - done_then) / max(time.monotonic() - since, 1e-6)
+        self._progress.update(self._pages_task, detail=f"{rate:.2f} pages/s")
 
     def _update_detail(self, mode: str | None) -> None:
         if self._progress is None or self._pages_task is None:
