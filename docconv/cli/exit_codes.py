@@ -44,6 +44,16 @@ RERENDER: Mapping[ExitCode, str] = {
     ExitCode.USAGE: "usage error",
 }
 
+#: ``docconv eval``.
+EVAL: Mapping[ExitCode, str] = {
+    ExitCode.OK: "every page scored",
+    ExitCode.FAILED: "some inputs or pages could not be scored, the others were",
+    ExitCode.USAGE: "usage error (also --plot without matplotlib)",
+    ExitCode.UNAVAILABLE: "the engine or its tokenizer could not start",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C), scored pages kept for the next run",
+    ExitCode.TERMINATED: "terminated (SIGTERM), scored pages kept for the next run",
+}
+
 
 def describe(meanings: Mapping[ExitCode, str]) -> str:
     """One line for a command's help: ``Exit codes: 0 success; 1 ...``."""

@@ -10,6 +10,7 @@ listing them, or ``docconv --help``, loads no model library.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 from docconv.engines.base import Engine, EngineError, EngineOptions
 
@@ -18,10 +19,19 @@ ENGINES: dict[str, str] = {"deepseek-ocr": "docconv.engines.deepseek"}
 DEFAULT_ENGINE = "deepseek-ocr"
 
 
-def create_engine(options: EngineOptions, kind: str = DEFAULT_ENGINE) -> Engine:
-    """Build the engine ``kind``; raises :class:`EngineError` when it cannot start."""
+def _engine_module(kind: str):  # noqa: ANN202 - a module
     try:
-        module = ENGINES[kind]
+        return importlib.import_module(ENGINES[kind])
     except KeyError:
         raise EngineError(f"unknown engine {kind!r}; known: {', '.join(sorted(ENGINES))}") from None
-    return importlib.import_module(module).create_engine(options)
+
+
+def create_engine(options: EngineOptions, kind: str = DEFAULT_ENGINE) -> Engine:
+    """Build the engine ``kind``; raises :class:`EngineError` when it cannot start."""
+    return _engine_module(kind).create_engine(options)
+
+
+def create_text_token_counter(options: EngineOptions, kind: str = DEFAULT_ENGINE) -> Callable[[str], int]:
+    """Count text tokens as engine ``kind``'s model does, loading its tokenizer but no weights
+    (each engine module's ``text_token_counter``); raises :class:`EngineError` when it cannot."""
+    return _engine_module(kind).text_token_counter(options)

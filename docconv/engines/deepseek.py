@@ -6,7 +6,7 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from deepseek_ocr import (
 from deepseek_ocr.cpu import sam
 from deepseek_ocr.generation_settings import REPEATABLE_TOKENS
 from deepseek_ocr.loading import codes_bfloat16, load_config, return_freed_memory
+from deepseek_ocr.tokenization import DeepseekOcrTokenizer, TokenizerError
 from docconv.engines.base import (
     EngineError,
     EngineOptions,
@@ -151,6 +152,14 @@ def _batches_by_settings(jobs: Sequence[PageJob]) -> dict[tuple, list[int]]:
     for index, job in enumerate(jobs):
         groups[(job.mode, job.max_new_tokens, job.ngram_size, job.ngram_window)].append(index)
     return groups
+
+
+def text_token_counter(options: EngineOptions) -> Callable[[str], int]:
+    """Counts text tokens with the checkpoint's tokenizer alone, without loading the weights."""
+    try:
+        return DeepseekOcrTokenizer.from_file(resolve_checkpoint(options)).count_tokens
+    except TokenizerError as error:
+        raise EngineError(str(error)) from None
 
 
 def create_engine(options: EngineOptions) -> DeepseekOcrEngine:
