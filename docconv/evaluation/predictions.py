@@ -3,10 +3,10 @@
 An earlier conversion run, on this machine or a GPU one, leaves its pages' raw text in
 ``<stem>.raw.json`` (``--keep-raw``), ``.jsonl`` (``--format jsonl``: a line per page) or
 ``.json`` (``--format json``) files; each page records its source, page number, mode and
-vision tokens. A prediction belongs to the truth page whose image path ends in the longest
-run of the same path components as the recorded source (at least the file name) with the
-same page number, so outputs made elsewhere, under other absolute paths, still find their
-pages.
+vision tokens. A prediction belongs to the truth page whose image (or PDF) path ends in the
+longest run of the same path components as the recorded source (at least the file name), with
+the same page number within that file, so outputs made elsewhere, under other absolute paths,
+still find their pages.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def _truth_page_of(prediction: Prediction, truth: list[TruthPage]) -> TruthPage 
     best: list[TruthPage] = []
     best_length = 0
     for page in truth:
-        if page.number != prediction.page.number:
+        if page.image_page != prediction.page.number:
             continue
         length = _common_suffix(parts, page.image.resolve().parts)
         if length > best_length:

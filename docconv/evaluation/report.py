@@ -243,7 +243,9 @@ def to_markdown(report: Report) -> str:
 
 def print_table(report: Report, console: Console) -> None:
     """The table for a person: Rich on a terminal, plain columns elsewhere."""
-    table = Table(title=f"docconv eval: {report.model}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=f"docconv eval: {report.model}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     table.add_column("text\ntokens", no_wrap=True)
     for mode in report.modes:
         for name in ("precision", "compression", "pages"):

@@ -50,6 +50,11 @@ class TruthPage:
         identity = f"{file_identity(self.image)}|{self.pdf_index}|{self.text}"
         return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:24]
 
+    @property
+    def image_page(self) -> int:
+        """The page's number within ``image`` (what a conversion of that file records): 1 for an image."""
+        return 1 if self.pdf_index is None else self.pdf_index + 1
+
     def render(self, mode: str) -> Image.Image:
         """The page as an RGB image for ``mode`` (PDF pages at the DPI the mode needs)."""
         pages = open_document(document_at(self.image))

@@ -84,7 +84,9 @@ def _fox_original(label: str, answer: str) -> tuple[float, float]:
         reference, hypothesis = jieba.lcut(gt), jieba.lcut(pred)
     else:
         reference, hypothesis = gt.split(), pred.split()
-    return nltk_precision(set(reference), set(hypothesis)), nltk.edit_distance(pred, gt) / max(len(pred), len(gt))
+    return nltk_precision(set(reference), set(hypothesis)), nltk.edit_distance(pred, gt) / max(
+        len(pred), len(gt)
+    )
 
 
 def test_the_figures_equal_the_fox_evaluation_code_on_random_texts() -> None:
