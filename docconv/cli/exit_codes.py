@@ -49,7 +49,7 @@ EVAL: Mapping[ExitCode, str] = {
     ExitCode.OK: "every page scored",
     ExitCode.FAILED: "some inputs or pages could not be scored, the others were",
     ExitCode.USAGE: "usage error (also --plot without matplotlib)",
-    ExitCode.UNAVAILABLE: "the engine or its tokenizer could not start",
+    ExitCode.UNAVAILABLE: "the engine or its tokenizer could not start (or Chinese truth lacks jieba)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C), scored pages kept for the next run",
     ExitCode.TERMINATED: "terminated (SIGTERM), scored pages kept for the next run",
 }

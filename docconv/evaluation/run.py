@@ -234,6 +234,16 @@ def evaluate_predictions(
             TruthProblem(str(directory), "no saved output matches a ground-truth page; check the paths")
         )
         return evaluation
+    retried = sum(1 for prediction in matched.values() if prediction.page.retried)
+    if retried:
+        evaluation.problems.append(
+            TruthProblem(
+                str(directory),
+                f"{retried} saved pages were read again one mode up by the conversion (degraded); they count "
+                "in the mode they were read in, and the mode they failed in lacks them",
+                fatal=False,
+            )
+        )
     counter = _lazy_counter(options.engine) if any(page.text_tokens is None for page in truth) else None
     found_modes = modes_in_order((mode for _, mode in matched), modes)
     for page in truth:
