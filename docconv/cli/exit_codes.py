@@ -54,6 +54,14 @@ EVAL: Mapping[ExitCode, str] = {
     ExitCode.TERMINATED: "terminated (SIGTERM), scored pages kept for the next run",
 }
 
+#: ``docconv compress``.
+COMPRESS: Mapping[ExitCode, str] = {
+    ExitCode.OK: "all inputs rendered",
+    ExitCode.FAILED: "some inputs could not be read, the others were rendered",
+    ExitCode.USAGE: "usage error",
+    ExitCode.UNAVAILABLE: "the model's tokenizer could not be had",
+}
+
 
 def describe(meanings: Mapping[ExitCode, str]) -> str:
     """One line for a command's help: ``Exit codes: 0 success; 1 ...``."""

@@ -58,6 +58,17 @@ def resolve_checkpoint(options: EngineOptions) -> Path:
         raise EngineError(str(error)) from None
 
 
+def text_token_counter(options: EngineOptions) -> Callable[[str], int]:
+    """How many text tokens the model of ``options.model`` reads a string as, from its tokenizer
+    alone: no weights are loaded (``docconv compress`` counts a page's text with it)."""
+    checkpoint = resolve_checkpoint(options)
+    try:
+        tokenizer = DeepseekOcrTokenizer.from_file(checkpoint)
+    except TokenizerError as error:
+        raise EngineError(str(error)) from None
+    return tokenizer.count_tokens
+
+
 class DeepseekOcrEngine:
     """Loads the model once; reads batches of pages greedily."""
 
@@ -152,14 +163,6 @@ def _batches_by_settings(jobs: Sequence[PageJob]) -> dict[tuple, list[int]]:
     for index, job in enumerate(jobs):
         groups[(job.mode, job.max_new_tokens, job.ngram_size, job.ngram_window)].append(index)
     return groups
-
-
-def text_token_counter(options: EngineOptions) -> Callable[[str], int]:
-    """Counts text tokens with the checkpoint's tokenizer alone, without loading the weights."""
-    try:
-        return DeepseekOcrTokenizer.from_file(resolve_checkpoint(options)).count_tokens
-    except TokenizerError as error:
-        raise EngineError(str(error)) from None
 
 
 def create_engine(options: EngineOptions) -> DeepseekOcrEngine:

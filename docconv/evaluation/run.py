@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deepseek_ocr.modes import MODES
-from docconv.engines import create_text_token_counter
+from docconv.engines import text_token_counter
 from docconv.engines.base import DEFAULT_GENERATION, Engine, EngineOptions, EngineOutput, PageJob
 from docconv.evaluation import metrics
 from docconv.evaluation.predictions import Prediction, load_predictions, match_predictions, readable_text
@@ -291,7 +291,7 @@ def _lazy_counter(options: EngineOptions) -> Callable[[str], int]:
 
     def count(text: str) -> int:
         if not loaded:
-            loaded.append(create_text_token_counter(options))
+            loaded.append(text_token_counter(options))
         return loaded[0](text)
 
     return count
