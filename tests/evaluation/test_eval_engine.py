@@ -163,3 +163,25 @@ def test_no_scoreable_truth_is_exit_1(tmp_path: Path) -> None:
     result = invoke(tmp_path / "missing.json")
     assert result.exit_code == 1
     assert "no such file or directory" in result.stderr
+
+
+def test_compress_then_eval_reads_the_manifest_compress_wrote(tmp_path: Path, tiny_model_dir: Path) -> None:
+    source = tmp_path / "notes.txt"
+    source.write_text(" ".join(f"Sentence {n} of the notes is plain English text." for n in range(90)))
+    compressed = tmp_path / "compressed"
+    made = runner.invoke(
+        app,
+        ["compress", str(source), "-o", str(compressed), "--mode", "tiny", "--model", str(tiny_model_dir)],
+    )
+    assert made.exit_code == 0, made.stderr
+    manifest = json.loads((compressed / "manifest.json").read_text())
+    report = tmp_path / "report.json"
+    result = invoke(compressed, "--modes", "tiny", "-o", report, *engine_args(tiny_model_dir))
+    assert result.exit_code == 0, result.stderr
+    pages = json.loads(report.read_text())["pages"]
+    assert [(p["number"], p["text_tokens"]) for p in pages] == [
+        (number, page["text_tokens"]) for number, page in enumerate(manifest["pages"], start=1)
+    ]
+    for page, made_page in zip(pages, manifest["pages"], strict=True):
+        assert page["vision_tokens"] == made_page["vision_tokens"] == 64
+        assert page["compression"] == round(made_page["text_tokens"] / 64, 4)
