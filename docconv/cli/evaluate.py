@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 
 from deepseek_ocr.modes import MODES
+from docconv.cli import listing
 from docconv.cli.engine_options import (
     AttnOption,
     BatchSizeOption,
@@ -49,9 +49,10 @@ from docconv.evaluation.report import (
     Report,
     build_report,
     parse_buckets,
-    print_table,
     render,
     require_plotting,
+    table_columns,
+    table_rows,
     write_plot,
 )
 from docconv.evaluation.run import (
@@ -273,9 +274,15 @@ def _run(
 
 
 def _write_report(report: Report, fmt: str, output: Path | None) -> None:
+    """To ``-o FILE``; else to stdout: the table as the other table commands print theirs (Rich
+    on a terminal, tab-separated records in a pipe, the summary line then on stderr)."""
     if output is not None:
         atomic_write_text(output, render(report, fmt))
-    elif fmt == "table":
-        print_table(report, Console(file=sys.stdout, soft_wrap=True))
-    else:
+    elif fmt != "table":
         sys.stdout.write(render(report, fmt))
+    else:
+        listing.print_table(table_columns(report), table_rows(report), title=f"docconv eval: {report.model}")
+        summary = sys.stdout if sys.stdout.isatty() else sys.stderr
+        summary.write(report.summary_line() + "\n")
+        if report.outside_buckets:
+            summary.write(f"{report.outside_buckets} pages outside the buckets (in 'all' only)\n")

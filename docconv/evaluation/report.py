@@ -221,9 +221,15 @@ def to_csv(report: Report) -> str:
     return buffer.getvalue()
 
 
-def _header(report: Report) -> list[str]:
+def table_columns(report: Report) -> list[str]:
+    """The table's column names: the bucket, then precision, compression and pages per mode."""
     per_mode = [f"{label} {mode}" for mode in report.modes for label in ("precision", "compression", "pages")]
     return ["text tokens", *per_mode]
+
+
+def table_rows(report: Report) -> list[list[str]]:
+    """The table's rows as display strings: one per bucket, then ``all``."""
+    return [[row.label, *_cells(row)] for row in [*report.rows, report.total]]
 
 
 def _cells(row: Row) -> list[str]:
@@ -235,14 +241,14 @@ def _cells(row: Row) -> list[str]:
 
 
 def to_markdown(report: Report) -> str:
-    header = _header(report)
+    header = table_columns(report)
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join([row.label, *_cells(row)]) + " |" for row in [*report.rows, report.total]]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     return "\n".join(lines) + "\n\n" + report.summary_line() + "\n"
 
 
 def print_table(report: Report, console: Console) -> None:
-    """The table for a person: Rich on a terminal, plain columns elsewhere."""
+    """The table for a person, then the summary line (``-o FILE`` of the table format)."""
     table = Table(
         title=f"docconv eval: {report.model}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
     )

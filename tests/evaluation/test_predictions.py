@@ -194,13 +194,26 @@ def test_plot_without_matplotlib_says_how_to_install_it(
     assert "--plot needs matplotlib: pip install 'docconv[eval]'" in result.stderr
 
 
-def test_a_person_gets_a_table_with_the_summary_line(tmp_path: Path) -> None:
+def test_the_table_in_a_pipe_is_one_record_per_row_and_the_summary_goes_to_stderr(tmp_path: Path) -> None:
     write_manifest(tmp_path / "compressed", TRUTH)
     outputs = saved_outputs(tmp_path / "outputs")
     result = invoke(tmp_path / "compressed", "--predictions", outputs, "--buckets", "600-1300/350")
     assert result.exit_code == 0, result.stderr
-    assert "600-950" in result.stdout and "950-1300" in result.stdout and "all" in result.stdout
+    assert result.stdout.splitlines() == [
+        "600-950\t80.0%\t10.2x\t1\t100.0%\t6.5x\t1",
+        "950-1300\t50.0%\t19.5x\t1\t75.0%\t12.5x\t1",
+        "all\t60.0%\t20.3x\t3\t87.5%\t9.5x\t2",  # (650 + 1250 + 2000) / 64 / 3
+    ]
     assert (
-        "precision at <=10x: 100.0% (1 page reads) / at ~20x (18-22x): 50.0% (1 page reads)" in result.stdout
+        "precision at <=10x: 100.0% (1 page reads) / at ~20x (18-22x): 50.0% (1 page reads)" in result.stderr
     )
-    assert "1 pages outside the buckets" in result.stdout
+    assert "1 pages outside the buckets" in result.stderr
+
+
+def test_the_table_written_to_a_file_keeps_its_summary(tmp_path: Path) -> None:
+    write_manifest(tmp_path / "compressed", TRUTH)
+    outputs = saved_outputs(tmp_path / "outputs")
+    result = invoke(tmp_path / "compressed", "--predictions", outputs, "-o", tmp_path / "report.txt")
+    assert result.exit_code == 0, result.stderr
+    text = (tmp_path / "report.txt").read_text()
+    assert "text" in text and "1200-1300" in text and "precision at <=10x: 100.0%" in text
