@@ -214,7 +214,9 @@ def _chunks(pages: list[TruthPage], size: int) -> Iterator[list[TruthPage]]:
         yield pages[start : start + size]
 
 
-def _in_order(truth: list[TruthPage], modes: Sequence[str], done: dict[tuple[str, str], PageResult]) -> list:
+def _in_order(
+    truth: list[TruthPage], modes: Sequence[str], done: dict[tuple[str, str], PageResult]
+) -> list[tuple[str, str]]:
     return [(page.key, mode) for page in truth for mode in modes if (page.key, mode) in done]
 
 

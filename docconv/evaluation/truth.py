@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ class TruthPage:
     text_tokens: int | None  # from the manifest; None: count with the model's tokenizer
     pdf_index: int | None = None  # 0-based page of ``image`` when it is a PDF
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Identity of this page's image and truth: a journal entry for another page never matches."""
         identity = f"{file_identity(self.image)}|{self.pdf_index}|{self.text}"
