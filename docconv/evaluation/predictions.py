@@ -117,39 +117,47 @@ def match_predictions(
     predictions: list[Prediction], truth: list[TruthPage]
 ) -> tuple[dict[tuple[str, str], Prediction], list[TruthProblem]]:
     """Predictions by (truth page key, mode); a prediction without a unique truth page is a problem."""
+    by_name: dict[tuple[str, int], list[tuple[TruthPage, tuple[str, ...]]]] = {}
+    for page in truth:
+        parts = page.image.resolve().parts
+        by_name.setdefault((parts[-1], page.image_page), []).append((page, parts))
     matched: dict[tuple[str, str], Prediction] = {}
     problems: list[TruthProblem] = []
     for prediction in predictions:
-        page = _truth_page_of(prediction, truth)
+        parts = PurePath(prediction.source.replace("\\", "/")).parts
+        candidates = by_name.get((parts[-1] if parts else "", prediction.page.number), [])
+        page = _longest_common_suffix(parts, candidates)
         where = f"{prediction.file}: {prediction.source} page {prediction.page.number}"
         if page is None:
             problems.append(
-                TruthProblem(where, "no ground-truth page with that file and page; skipped", False)
+                TruthProblem(where, "no ground-truth page with that file and page; skipped", fatal=False)
             )
         elif isinstance(page, str):
             problems.append(TruthProblem(where, page))
         else:
+            earlier = matched.get((page.key, prediction.page.mode))
+            if earlier is not None:
+                message = f"also saved in {earlier.file} for this mode; the one read last is scored"
+                problems.append(TruthProblem(where, message, fatal=False))
             matched[(page.key, prediction.page.mode)] = prediction
     return matched, problems
 
 
-def _truth_page_of(prediction: Prediction, truth: list[TruthPage]) -> TruthPage | str | None:
-    parts = PurePath(prediction.source.replace("\\", "/")).parts
-    best: list[TruthPage] = []
-    best_length = 0
-    for page in truth:
-        if page.image_page != prediction.page.number:
-            continue
-        length = _common_suffix(parts, page.image.resolve().parts)
-        if length > best_length:
-            best, best_length = [page], length
-        elif length == best_length and length:
-            best.append(page)
-    if not best:
+def _longest_common_suffix(
+    parts: tuple[str, ...], candidates: list[tuple[TruthPage, tuple[str, ...]]]
+) -> TruthPage | str | None:
+    """The candidate whose path shares the longest tail with ``parts``; a message on a tie."""
+    if not candidates:
         return None
-    if len(best) > 1:
-        return f"matches {len(best)} ground-truth pages equally ({best[0].image}, {best[1].image}); keep their names apart"
-    return best[0]
+    lengths = [(_common_suffix(parts, candidate_parts), page) for page, candidate_parts in candidates]
+    best = max(length for length, _ in lengths)
+    winners = [page for length, page in lengths if length == best]
+    if len(winners) > 1:
+        return (
+            f"matches {len(winners)} ground-truth pages equally ({winners[0].image}, {winners[1].image}); "
+            "keep their names apart"
+        )
+    return winners[0]
 
 
 def _common_suffix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
