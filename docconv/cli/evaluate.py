@@ -63,7 +63,7 @@ from docconv.evaluation.run import (
     modes_in_order,
     open_journal,
 )
-from docconv.evaluation.truth import load_truth
+from docconv.evaluation.truth import TruthProblem, load_truth
 from docconv.fsutil import atomic_write_text
 from docconv.run.progress import Reporter
 
@@ -170,6 +170,10 @@ def evaluate(
         )
     )
     chosen_modes = _parse_modes(modes) if modes is not None else None
+    if predictions is not None and not predictions.is_dir():
+        usage_error(
+            f"--predictions {predictions}: not a directory; give the -o directory of an earlier conversion"
+        )
     fmt = _format(output_format, as_json, output)
     raise typer.Exit(
         _run(inputs, settings, offline, chosen_modes, predictions, buckets, fmt, output, plot, quiet, verbose)
@@ -209,8 +213,6 @@ def _run(
     quiet: bool,
     verbose: int,
 ) -> int:
-    # Heavy and optional imports stay here: `docconv --help` must not pay for them.
-
     try:
         buckets = parse_buckets(bucket_spec)
         if plot is not None:
@@ -220,8 +222,7 @@ def _run(
     Reporter(quiet=quiet).configure_logging(verbose)
     progress = EvalProgress(quiet=quiet)
     truth = load_truth(inputs)
-    for problem in truth.problems:
-        (progress.error if problem.fatal else progress.warning)(problem.source, problem.message)
+    _report_problems(progress, truth.problems)
     if not truth.pages:
         progress.error("docconv eval", "no page with ground truth to score; see the errors above")
         return ExitCode.FAILED
@@ -256,8 +257,7 @@ def _run(
         how = "terminated" if isinstance(stop, Terminated) else "interrupted"
         typer.echo(f"docconv: {how}; scored pages are kept, run the same command again to resume", err=True)
         return ExitCode.TERMINATED if isinstance(stop, Terminated) else ExitCode.INTERRUPTED
-    for problem in evaluation.problems:
-        (progress.error if problem.fatal else progress.warning)(problem.source, problem.message)
+    _report_problems(progress, evaluation.problems)
     report_modes = (
         list(options.modes)
         if predictions is None
@@ -271,6 +271,11 @@ def _run(
         journal.remove()  # the report holds every result now
     failed = any(problem.fatal for problem in truth.problems + evaluation.problems)
     return ExitCode.FAILED if failed or not evaluation.results else ExitCode.OK
+
+
+def _report_problems(progress: EvalProgress, problems: list[TruthProblem]) -> None:
+    for problem in problems:
+        (progress.error if problem.fatal else progress.warning)(problem.source, problem.message)
 
 
 def _write_report(report: Report, fmt: str, output: Path | None) -> None:

@@ -154,6 +154,7 @@ def test_bad_options_are_usage_errors(tmp_path: Path) -> None:
         (["--modes", "tiny,huge"], "unknown mode huge"),
         (["--buckets", "700-600"], "--buckets '700-600'"),
         (["--json", "--format", "csv"], "--json and --format csv disagree"),
+        (["--predictions", tmp_path / "none"], "not a directory"),
     ]:
         result = invoke(tmp_path / "compressed", *args)
         assert result.exit_code == 2 and message in result.stderr, result.stderr
