@@ -151,8 +151,7 @@ def convert(
         TablesFormat | None,
         typer.Option(
             "--tables-format",
-            help="Tables in Markdown: auto (HTML only when cells span), md or html."
-            + default_of("tables_format"),
+            help="Tables in Markdown: auto (HTML only when cells span), md or html." + default_of("tables_format"),
             rich_help_panel=OUTPUT,
             show_default=False,
         ),
@@ -229,10 +228,7 @@ def convert(
     attn: Annotated[
         str | None,
         typer.Option(
-            "--attn",
-            help="auto, sdpa or flash." + default_of("attn"),
-            rich_help_panel=ENGINE,
-            show_default=False,
+            "--attn", help="auto, sdpa or flash." + default_of("attn"), rich_help_panel=ENGINE, show_default=False
         ),
     ] = None,
     offline: Annotated[
