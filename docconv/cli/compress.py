@@ -180,7 +180,11 @@ def _print_reports(reports: list[dict], as_json: bool) -> None:
         return
     if not reports:
         return
-    table = Table("input", "manifest", "pages", "text tokens", "vision tokens", "ratio", "smallest font (px)")
+    table = Table()
+    for header in ("input", "manifest"):
+        table.add_column(header, overflow="fold")  # whole paths, wrapped, never cut to an ellipsis
+    for header in ("pages", "text tokens", "vision tokens", "ratio", "smallest font (px)"):
+        table.add_column(header, justify="right")
     for report in reports:
         table.add_row(
             report["source"],
