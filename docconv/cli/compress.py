@@ -105,6 +105,10 @@ def compress(
             _input_error(item.source, f"cannot write the output ({error.strerror}); check -o {output}")
             failed = True
             continue
+        except ValueError as error:  # a page the layout cannot fit at any size
+            _input_error(item.source, f"cannot lay the text out ({error}); try a lower --ratio")
+            failed = True
+            continue
         _warn_illegible(item.source, pages)
         reports.append(_report(item, path, pages))
     _print_reports(reports, as_json)

@@ -83,7 +83,8 @@ def render_text(
     """Render ``text`` as pages for ``mode``, each holding about ``ratio`` x its vision tokens of
     text tokens (the last holds the rest). No pages for text that is only whitespace.
 
-    Raises ``ValueError`` for an unknown mode or a ratio that leaves a page less than one token.
+    Raises ``ValueError`` for an unknown mode, a ratio that leaves a page less than one token, or
+    a page the layout cannot fit at any font size.
     """
     side = mode_side(mode)
     vision_tokens = mode_vision_tokens(mode)

@@ -38,7 +38,7 @@ class Block:
 
     start: int
     end: int
-    kind: str  # "fence" or "table"
+    body: int  # where its rows or code lines begin: after a table's delimiter row, a fence's opening
     reopen: str  # what a page starting inside it begins with
     close: str  # what a page ending inside it ends with
 
@@ -124,6 +124,8 @@ def _boundary(text: str, end: int, blocks: list[Block]) -> Boundary:
     if not before.isspace() or text[end].isspace():
         return Boundary.CHARACTER
     inside = _block_at(end, blocks)
+    if inside is not None and end < inside.body:
+        return Boundary.CHARACTER  # a table's header without its delimiter row would be no table
     if before == "\n":
         blank_line_before = text.endswith("\n\n", 0, end)
         return Boundary.BLOCK if blank_line_before and inside is None else Boundary.LINE
@@ -160,10 +162,12 @@ def _split_sensitive_blocks(text: str) -> list[Block]:
         start, end = line_starts[first], line_starts[min(last, len(line_starts) - 1)]
         if token.type == "fence":
             fence = token.markup
-            blocks.append(Block(start, end, "fence", f"{fence}{token.info}\n", f"\n{fence}\n"))
+            body = line_starts[first + 1]
+            blocks.append(Block(start, end, body, f"{fence}{token.info}\n", f"\n{fence}\n"))
         elif token.type == "table_open":
-            delimiter = text[start:end].splitlines(keepends=True)[1]
+            delimiter = text[line_starts[first + 1] : line_starts[first + 2]]
             columns = len(delimiter.strip().strip("|").split("|"))
             # An empty header row: the page's rows stay a table and no text is repeated.
-            blocks.append(Block(start, end, "table", "|" + " |" * columns + "\n" + delimiter, ""))
+            reopen = "|" + " |" * columns + "\n" + delimiter.rstrip("\n") + "\n"
+            blocks.append(Block(start, end, line_starts[first + 2], reopen, ""))
     return blocks
