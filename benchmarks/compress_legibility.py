@@ -3,7 +3,8 @@ and ratio.
 
 For each mode and ratio the same prose (the test suite's ``PROSE``: reflowing paragraphs) is
 rendered; the first page's body font size, its Tesseract character error (Levenshtein distance /
-reference length, whitespace collapsed, one Tesseract thread, ``--psm 4``) and the render time per page are
+reference length, whitespace collapsed, one Tesseract thread, each column read alone with
+``--psm 4``: tests/compress/reading.py) and the render time per page are
 printed as a Markdown table. Text tokens are counted with ``--model``'s tokenizer (default: the
 tiny fixture checkpoint, about 1.5 characters per token) and, with ``--chars-per-token N``, with
 a stand-in that counts one token per N characters instead, to see what a denser tokenizer gives.
@@ -19,24 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytesseract
-from rapidfuzz.distance import Levenshtein
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from docconv.compress import render_text  # noqa: E402
 from docconv.engines import text_token_counter  # noqa: E402
 from docconv.engines.base import EngineOptions  # noqa: E402
+from tests.compress.reading import character_error, column_starts  # noqa: E402
 from tests.compress.texts import PROSE  # noqa: E402
-
-
-def character_error(page) -> float:
-    reference = " ".join(page.text.split())
-    # psm 4, one column: Tesseract's automatic segmentation splits ragged-right prose into false
-    # columns. Multi-column pages are read across their columns, so they score badly here.
-    read = " ".join(pytesseract.image_to_string(page.image, lang="eng", config="--psm 4").split())
-    return Levenshtein.distance(reference, read) / len(reference)
 
 
 def main() -> None:
@@ -61,20 +52,20 @@ def main() -> None:
         counter = f"tokenizer of {args.model}"
     print(f"text tokens: {counter}\n")
     print(
-        "| mode | ratio | pages | page ratio | characters | font (px) | legible | Tesseract CER | render s/page |"
+        "| mode | ratio | pages | page ratio | characters | columns | font (px) | legible "
+        "| Tesseract CER | render s/page |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
         for ratio in args.ratios:
             started = time.perf_counter()
             pages = render_text(PROSE, mode=mode, ratio=ratio, count_tokens=count)
             per_page = (time.perf_counter() - started) / len(pages)
             page = pages[0]
-            print(
-                f"| {mode} | {ratio:g} | {len(pages)} | {page.ratio:.2f} | {len(page.text)} | {page.font_size:.1f} "
-                f"| {'yes' if page.legible else 'no'} | {character_error(page):.4f} | {per_page:.2f} |",
-                flush=True,
-            )
+            cells = [mode, f"{ratio:g}", len(pages), f"{page.ratio:.2f}", len(page.text)]
+            cells += [len(column_starts(page)), f"{page.font_size:.1f}", "yes" if page.legible else "no"]
+            cells += [f"{character_error(page):.4f}", f"{per_page:.2f}"]
+            print("| " + " | ".join(str(cell) for cell in cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

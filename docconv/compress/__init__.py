@@ -32,9 +32,8 @@ DEFAULT_MODE = "small"
 DEFAULT_RATIO = 10.0
 #: Capitals fewer pixels high than this leave no letter shapes for any reader to resolve: the
 #: x-height is then under about two pixels, and telling e from c or n from h needs a stroke and the
-#: gap beside it, at least two samples (the sampling theorem). The paper's Table 2 agrees from the
-#: other side: at ~20x compression, where English text renders at about this size, DeepSeek-OCR's
-#: precision has fallen to ~60 %. docs/compress-manifest.md has the derivation.
+#: gap beside it, at least two samples (the sampling theorem). It is a floor for any reader, not
+#: a promise of DeepSeek-OCR's precision above it (docs/compress-manifest.md, "Legibility").
 MIN_LEGIBLE_CAP_HEIGHT_PX = 3.0
 
 

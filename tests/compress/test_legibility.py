@@ -5,23 +5,21 @@ rise as the ratio does, on the same text, over three settings. Tesseract needs l
 DeepSeek-OCR, so the rising settings sit where its reading breaks down with the tiny
 checkpoint's tokenizer (about 1.5 characters per token: the ratios pack less text than the real
 tokenizer's would). Character error: Levenshtein distance / reference length, after collapsing
-whitespace (line breaks are layout). Each read is one Tesseract call on one single-column page.
+whitespace (line breaks are layout); each column is read alone (tests/compress/reading.py).
 """
 
 from __future__ import annotations
 
 import shutil
 
-import pymupdf
 import pytest
 
 from docconv.compress import render_text
 from tests.compress.texts import PROSE
 
-pytesseract = pytest.importorskip("pytesseract", reason="pytesseract (the test extra) is not installed")
-Levenshtein = pytest.importorskip(
-    "rapidfuzz.distance", reason="rapidfuzz (the test extra) is not installed"
-).Levenshtein
+pytest.importorskip("pytesseract", reason="pytesseract (the test extra) is not installed")
+pytest.importorskip("rapidfuzz", reason="rapidfuzz (the test extra) is not installed")
+from tests.compress.reading import character_error  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tesseract") is None,
@@ -33,24 +31,6 @@ pytestmark = pytest.mark.skipif(
 def _one_tesseract_thread(monkeypatch):
     # Tesseract's OpenMP threads only contend on CI's two cores; one is faster there, same result.
     monkeypatch.setenv("OMP_THREAD_LIMIT", "1")
-
-
-#: Tesseract's "single column of text" segmentation: its automatic one (psm 3) splits ragged-right
-#: prose into false columns at large sizes and then reads their pieces out of order.
-ONE_COLUMN = "--psm 4"
-
-
-def single_column(page) -> bool:
-    """Whether every text block of the page starts in its left half (no second column)."""
-    with pymupdf.open("pdf", page.pdf) as document:
-        return all(block[0] < page.image.width / 2 for block in document[0].get_text("blocks"))
-
-
-def character_error(page) -> float:
-    assert single_column(page), "psm 4 reads one column; this page has more"
-    reference = " ".join(page.text.split())
-    read = " ".join(pytesseract.image_to_string(page.image, lang="eng", config=ONE_COLUMN).split())
-    return Levenshtein.distance(reference, read) / len(reference)
 
 
 def test_large_pages_at_ratio_3_read_back_within_3_percent(count_tokens):
