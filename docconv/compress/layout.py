@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import pymupdf
-from markdown_it import MarkdownIt
 from PIL import Image
+
+from docconv.compress.markdown import markdown_parser
 
 #: The body font size (px) the story is laid out at before scaling; any value works, the fit
 #: scales it, and a round one keeps the CSS readable.
@@ -69,15 +70,10 @@ class LaidOutPage:
     font_size: float
 
 
-@lru_cache(maxsize=1)
-def _markdown() -> MarkdownIt:
-    return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
-
-
 def to_html(text: str, markdown: bool) -> str:
     """The page's text as the HTML Story lays out."""
     if markdown:
-        return _markdown().render(text)
+        return markdown_parser().render(text)
     return f'<div class="plain">{html.escape(text.strip(chr(10)))}</div>'
 
 

@@ -14,9 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import lru_cache
 
-from markdown_it import MarkdownIt
+from docconv.compress.markdown import markdown_parser
 
 #: A page's text may count this much more or fewer tokens than the target, so its end can move to
 #: a paragraph, line or word boundary (the manifest promises +-10 %; this leaves room to spare).
@@ -50,11 +49,6 @@ class Piece:
     start: int
     end: int
     source: str  # the Markdown (or plain text) the page renders: the slice plus repaired syntax
-
-
-@lru_cache(maxsize=1)
-def _parser() -> MarkdownIt:
-    return MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
 
 def split_pages(
@@ -155,7 +149,7 @@ def _split_sensitive_blocks(text: str) -> list[Block]:
     """Top-level tables and fenced code blocks, with the syntax that re-opens and closes them."""
     line_starts = [match.start() for match in _LINE_START.finditer(text)] + [len(text)]
     blocks = []
-    for token in _parser().parse(text):
+    for token in markdown_parser().parse(text):
         if token.level != 0 or token.map is None or token.nesting == -1:
             continue
         first, last = token.map
