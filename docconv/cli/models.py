@@ -64,15 +64,7 @@ def list_command(as_json: JsonOption = False) -> None:
     except WeightsError as error:
         _fail(error)
     rows = [
-        (
-            row.id,
-            row.revision,
-            _human_size(row.size_bytes),
-            row.path or "-",
-            row.verified,
-            row.licence,
-            row.note,
-        )
+        (row.id, row.revision, _human_size(row.size_bytes), row.path or "-", row.verified, row.licence, row.note)
         for row in listings
     ]
     print_table(
@@ -87,9 +79,7 @@ def list_command(as_json: JsonOption = False) -> None:
 @models_app.command("download")
 def download_command(
     model_id: ModelIdArg = DEFAULT_MODEL,
-    revision: Annotated[
-        str | None, typer.Option("--revision", "-r", help="Branch, tag or commit to pin.")
-    ] = None,
+    revision: Annotated[str | None, typer.Option("--revision", "-r", help="Branch, tag or commit to pin.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Download a model (or re-fetch its missing/corrupted files), with progress on stderr."""
@@ -142,12 +132,8 @@ def rm_command(model_id: Annotated[str, typer.Argument(help="Model id as shown b
 @models_app.command("import")
 def import_command(
     directory: Annotated[Path, typer.Argument(help="A checkpoint directory copied by hand.")],
-    as_id: Annotated[
-        str | None, typer.Option("--as", help="Id to register it under (default: folder name).")
-    ] = None,
-    copy: Annotated[
-        bool, typer.Option("--copy", help="Copy it into the docconv cache, not just reference it.")
-    ] = False,
+    as_id: Annotated[str | None, typer.Option("--as", help="Id to register it under (default: folder name).")] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy it into the docconv cache, not just reference it.")] = False,
 ) -> None:
     """Register a hand-copied checkpoint so conversions find it offline."""
     try:

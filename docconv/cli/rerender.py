@@ -57,9 +57,7 @@ def rerender(
         format=output_format.value,
         tables_format=tables_format.value,
         keep_headers=keep_headers,
-        page_separator=page_separator
-        if page_separator is not None
-        else output_options.DEFAULT_PAGE_SEPARATOR,
+        page_separator=page_separator if page_separator is not None else output_options.DEFAULT_PAGE_SEPARATOR,
         task=task.value,
         tables_csv=tables,
     )
@@ -68,3 +66,5 @@ def rerender(
     except RerenderError as error:
         typer.echo(f"docconv: error: {error}", err=True)
         raise typer.Exit(ExitCode.FAILED) from None
+
+

@@ -67,9 +67,7 @@ def _describe_hub_failure(model_id: str, exc: Exception) -> WeightsError:
     """A hub or network exception as the one-line error the user sees."""
     if isinstance(exc, (RepositoryNotFoundError, RevisionNotFoundError)):
         kind = "revision" if isinstance(exc, RevisionNotFoundError) else "model"
-        return ModelNotFoundError(
-            f"{kind} not found on the hub for {model_id}; check the id with `docconv models list`"
-        )
+        return ModelNotFoundError(f"{kind} not found on the hub for {model_id}; check the id with `docconv models list`")
     reason = f"hub unreachable: {type(exc).__name__}"
     return ModelUnavailableError(unavailable_message(model_id, reason))
 
@@ -96,9 +94,7 @@ def _remote_listing(model_id: str, revision: str) -> tuple[str, list[RemoteFile]
             files.append(RemoteFile(name, sib.size or 0, "git-sha1", sib.blob_id or ""))
     names = {f.name for f in files}
     if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
-        raise ModelNotFoundError(
-            f"{model_id}@{revision} on the hub has no config.json + *.safetensors checkpoint"
-        )
+        raise ModelNotFoundError(f"{model_id}@{revision} on the hub has no config.json + *.safetensors checkpoint")
     assert info.sha is not None, "the hub always answers model info with a commit sha"
     return info.sha, files
 
@@ -148,14 +144,10 @@ def _partial_size(model_id: str, remote: RemoteFile) -> int:
 def _blob_path(model_id: str, remote: RemoteFile) -> Path:
     # huggingface_hub names blobs by the hub ETag, which is the digest recorded for the file.
     return hub_cache_dir() / repo_folder(model_id) / "blobs" / remote.digest
-
-
 def _fetch_files(model_id: str, commit: str, files: list[RemoteFile], progress: bool) -> None:
     snapshot = _snapshot_dir(model_id, commit)
     missing = [f for f in files if not (snapshot / f.name).is_file()]
-    needed = sum(
-        f.size - _partial_size(model_id, f) for f in missing if not _blob_path(model_id, f).is_file()
-    )
+    needed = sum(f.size - _partial_size(model_id, f) for f in missing if not _blob_path(model_id, f).is_file())
     check_free_space(needed, hub_cache_dir())
     with download_bars(progress) as bars:
         for remote in missing:
@@ -173,9 +165,7 @@ def _fetch_files(model_id: str, commit: str, files: list[RemoteFile], progress: 
                 tqdm_class=bar_class,
             )
             if (snapshot / remote.name).resolve() != blob.resolve():
-                _check_received(
-                    snapshot, remote
-                )  # the hub's ETag differed, so huggingface_hub fetched it itself
+                _check_received(snapshot, remote)  # the hub's ETag differed, so huggingface_hub fetched it itself
 
 
 def _download_blob(model_id: str, commit: str, remote: RemoteFile, blob: Path, bar_class: type) -> None:

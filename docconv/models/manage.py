@@ -108,13 +108,7 @@ def list_models() -> list[ModelListing]:
         if known.id not in records:
             note = "known" if known.runnable else "known, not yet runnable"
             listing = ModelListing(
-                known.id,
-                known.revision,
-                known.size_bytes or None,
-                None,
-                "not downloaded",
-                known.licence,
-                note,
+                known.id, known.revision, known.size_bytes or None, None, "not downloaded", known.licence, note
             )
             rows.append(listing)
     return sorted(rows, key=lambda row: row.id)

@@ -19,9 +19,7 @@ def looks_like_hub_id(model: str) -> bool:
     return bool(_HUB_ID.match(model)) and not model.startswith((".", "~"))
 
 
-def resolve_model(
-    model: str, revision: str | None = None, offline: bool = False, progress: bool = True
-) -> Path:
+def resolve_model(model: str, revision: str | None = None, offline: bool = False, progress: bool = True) -> Path:
     """Turn a ``--model`` value into a checkpoint directory, downloading it if needed and allowed.
 
     * an existing directory is returned as is, once :func:`~docconv.models.checkpoint.checkpoint_problem`

@@ -123,9 +123,7 @@ def load_records() -> dict[str, CachedModel]:
         data = json.loads(path.read_text(encoding="utf-8"))
         return {mid: CachedModel.from_json(rec) for mid, rec in data.get("models", {}).items()}
     except (ValueError, TypeError, KeyError) as exc:
-        raise WeightsError(
-            f"{path} is damaged ({exc}); delete it and run `docconv models download` again"
-        ) from None
+        raise WeightsError(f"{path} is damaged ({exc}); delete it and run `docconv models download` again") from None
 
 
 def get_record(model_id: str) -> CachedModel:
@@ -147,10 +145,7 @@ def records_for_update() -> Iterator[dict[str, CachedModel]]:
     with filelock.FileLock(str(lock_dir / f"{METADATA_FILE}.lock")):
         records = load_records()
         yield records
-        payload = {
-            "version": METADATA_VERSION,
-            "models": {mid: asdict(rec) for mid, rec in sorted(records.items())},
-        }
+        payload = {"version": METADATA_VERSION, "models": {mid: asdict(rec) for mid, rec in sorted(records.items())}}
         atomic_write_text(metadata_path(), json.dumps(payload, indent=2) + "\n")
 
 

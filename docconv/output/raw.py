@@ -31,6 +31,7 @@ _PAGE_FIELDS = (
 )
 
 
+
 def raw_record(page: Page, source: str) -> dict[str, Any]:
     """What ``--keep-raw`` saves for one page: the raw text and what is needed to re-parse it."""
     record: dict[str, Any] = {"source": source}

@@ -140,11 +140,7 @@ def _page_images(
     source = _open_source(path, required=image is not None)
     try:
         for page in doc.pages:
-            yield (
-                None
-                if source is None
-                else _render(source, path, 1 if image is not None else page.number, page)
-            )
+            yield None if source is None else _render(source, path, 1 if image is not None else page.number, page)
     finally:
         if source is not None:
             source.close()

@@ -6,7 +6,8 @@ it: inline text, code spans, code blocks, table cells; not the syntax around the
 the layout draws (bullets, item numbers) are not source text and are dropped before comparing.
 CJK text has no spaces to delimit words and wraps between any two characters, so there the
 characters must match in order with whitespace removed. The PDF's ligature glyphs (fi, fl) are
-read back as their letters, as PDF readers do.
+read back as their letters, as PDF readers do. The layout breaks lines after a hyphen
+("forty-|two") but never adds one, so a line ending in a hyphen continues on the next.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def text_layer(pdf: bytes, markdown: bool = False) -> str:
     """The PDF's text; for Markdown without the list markers the layout drew."""
     flags = pymupdf.TEXTFLAGS_TEXT & ~pymupdf.TEXT_PRESERVE_LIGATURES
     with pymupdf.open("pdf", pdf) as document:
-        text = "\n".join(page.get_text(flags=flags) for page in document)
+        text = "\n".join(page.get_text(flags=flags) for page in document).replace("-\n", "-")
     return _LIST_MARKER.sub("", text) if markdown else text
 
 
