@@ -1,4 +1,4 @@
-"""The ``docconv`` command: convert documents, plus the config, doctor, models and rerender subcommands.
+"""The ``docconv`` command: convert documents, plus the config, doctor, eval, models and rerender subcommands.
 
 ``docconv FILE...`` converts (the ``convert`` subcommand is implied), so the everyday call
 needs no subcommand. Each subcommand is a module of this package; this one assembles them and
@@ -17,9 +17,11 @@ from typer.core import TyperGroup
 
 from docconv import __version__
 from docconv.cli import exit_codes
+from docconv.cli.compress import compress
 from docconv.cli.config import config_app
 from docconv.cli.convert import convert
 from docconv.cli.doctor import doctor_command
+from docconv.cli.evaluate import evaluate
 from docconv.cli.exit_codes import ExitCode
 from docconv.cli.models import models_app
 from docconv.cli.rerender import rerender
@@ -51,6 +53,8 @@ app = typer.Typer(
 app.command(CONVERT, no_args_is_help=True, epilog=exit_codes.describe(exit_codes.CONVERT))(convert)
 app.command("doctor")(doctor_command)
 app.command("rerender", epilog=exit_codes.describe(exit_codes.RERENDER))(rerender)
+app.command("eval", no_args_is_help=True, epilog=exit_codes.describe(exit_codes.EVAL))(evaluate)
+app.command("compress", no_args_is_help=True, epilog=exit_codes.describe(exit_codes.COMPRESS))(compress)
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 

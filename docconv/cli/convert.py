@@ -15,13 +15,31 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from deepseek_ocr.modes import DEFAULT_MAX_TILES, DEFAULT_MIN_TILES
 from docconv.cli.choices import Format, Mode, TablesFormat, Task, value_of
+from docconv.cli.engine_options import (
+    AttnOption,
+    BatchSizeOption,
+    DeviceOption,
+    DtypeOption,
+    EngineKindOption,
+    MaxTilesOption,
+    MaxTokensOption,
+    ModelOption,
+    NgramOption,
+    NgramWindowOption,
+    OfflineOption,
+    QuantOption,
+    QuietOption,
+    VerboseOption,
+    default_of,
+    engine_options,
+    engine_overrides,
+)
 from docconv.cli.exit_codes import ExitCode
-from docconv.cli.settings import DEFAULTS, DPI_RANGE, env_var, settings_or_exit
+from docconv.cli.settings import DEFAULTS, DPI_RANGE, settings_or_exit
 from docconv.cli.signals import Terminated
 from docconv.engines import SERVED_MODES
-from docconv.engines.base import EngineError, EngineOptions
+from docconv.engines.base import EngineError
 from docconv.output import options as output_options
 from docconv.run.modes import AUTO
 from docconv.run.options import ConvertOptions
@@ -34,13 +52,6 @@ if TYPE_CHECKING:
     from docconv.run.ray_executor import RayOptions
 
 
-def default_of(key: str, shown: str | None = None) -> str:
-    """``  [default: X]`` for a settings key, X as the user would type it (``shown`` overrides)."""
-    value = getattr(DEFAULTS, key)
-    text = shown if shown is not None else f"{value:g}" if isinstance(value, float) else str(value)
-    return f"  [default: {text}]"
-
-
 def usage_error(message: str) -> NoReturn:
     typer.echo(f"docconv: error: {message}", err=True)
     raise typer.Exit(ExitCode.USAGE)
@@ -49,7 +60,6 @@ def usage_error(message: str) -> NoReturn:
 INPUTS = "Inputs"
 OUTPUT = "Output"
 READING = "Reading"
-ENGINE = "Engine"
 SCALE = "Scale out (Ray)"
 
 
@@ -205,122 +215,18 @@ def convert(
         bool,
         typer.Option("--overwrite", help="Redo outputs that already exist.", rich_help_panel=OUTPUT),
     ] = False,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            metavar="ID|PATH",
-            help=f"Hub id or local checkpoint directory.  [env: {env_var('model')}; default: {DEFAULTS.model}]",
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    engine: Annotated[
-        str | None,
-        typer.Option(
-            "--engine",
-            help="native (docconv's own engines: CPU, CUDA, MPS; the model's config picks DeepSeek-OCR or -OCR-2) or vllm (GPU; docconv[vllm] in its own environment, "
-            "gundam mode only)." + default_of("engine"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            "--device",
-            help="auto, cpu, cuda, cuda:N or mps." + default_of("device"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    quant: Annotated[
-        str | None,
-        typer.Option(
-            "--quant",
-            help="auto, none, 8bit, 4bit (bitsandbytes) or int4 (CPU)." + default_of("quant"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    attn: Annotated[
-        str | None,
-        typer.Option(
-            "--attn",
-            help="auto, sdpa or flash." + default_of("attn"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    offline: Annotated[
-        bool,
-        typer.Option(
-            "--offline",
-            help=f"Never download weights: use cached ones or fail with exit code {int(ExitCode.UNAVAILABLE)}.",
-            rich_help_panel=ENGINE,
-        ),
-    ] = False,
-    dtype: Annotated[
-        str | None,
-        typer.Option(
-            "--dtype",
-            help="auto, bfloat16, float16 or float32." + default_of("dtype"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    max_tiles: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tiles",
-            min=DEFAULT_MIN_TILES,
-            max=DEFAULT_MAX_TILES,
-            help="Most tiles per page in the gundam modes." + default_of("max_tiles"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            min=1,
-            help="Pages decoded together."
-            + default_of("batch_size", "1 on CPU, on CUDA what free memory holds"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens",
-            min=1,
-            help="Token limit per page." + default_of("max_tokens"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    ngram: Annotated[
-        int | None,
-        typer.Option(
-            "--ngram",
-            min=0,
-            help="Repetition guard: n-gram size (0 = off)." + default_of("ngram"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
-    ngram_window: Annotated[
-        int | None,
-        typer.Option(
-            "--ngram-window",
-            min=1,
-            help="Repetition guard window in tokens." + default_of("ngram_window"),
-            rich_help_panel=ENGINE,
-            show_default=False,
-        ),
-    ] = None,
+    model: ModelOption = None,
+    engine: EngineKindOption = None,
+    device: DeviceOption = None,
+    quant: QuantOption = None,
+    attn: AttnOption = None,
+    offline: OfflineOption = False,
+    dtype: DtypeOption = None,
+    max_tiles: MaxTilesOption = None,
+    batch_size: BatchSizeOption = None,
+    max_tokens: MaxTokensOption = None,
+    ngram: NgramOption = None,
+    ngram_window: NgramWindowOption = None,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -341,27 +247,17 @@ def convert(
             "--ray-gpus-per-worker", min=0.0, help="GPUs each OCR actor reserves.", rich_help_panel=SCALE
         ),
     ] = 0.0,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress display or summary.")] = False,
-    verbose: Annotated[
-        int, typer.Option("-v", "--verbose", count=True, help="Log per page; -vv for debug.")
-    ] = 0,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = 0,
 ) -> None:
     """Convert documents (PDF, PNG, JPEG, WebP, TIFF, BMP, GIF) to Markdown, JSON, JSONL or HTML."""
     settings = settings_or_exit(
         {
-            "model": model,
-            "engine": engine,
-            "device": device,
-            "quant": quant,
-            "attn": attn,
-            "dtype": dtype,
-            "max_tiles": max_tiles,
+            **engine_overrides(
+                model, engine, device, quant, attn, dtype, max_tiles, batch_size, max_tokens, ngram, ngram_window
+            ),
             "mode": value_of(mode),
             "max_ratio": max_ratio,
-            "batch_size": batch_size,
-            "max_tokens": max_tokens,
-            "ngram": ngram,
-            "ngram_window": ngram_window,
             "dpi": dpi,
             "page_separator": page_separator,
             "tables_format": value_of(tables_format),
@@ -395,16 +291,7 @@ def convert(
         tables_csv=tables,
     )
     options = ConvertOptions(
-        engine=EngineOptions(
-            model=settings.model,
-            device=settings.device,
-            quant=settings.quant,
-            attn=settings.attn,
-            dtype=settings.dtype,
-            offline=offline,
-            max_tiles=settings.max_tiles,
-            kind=settings.engine,
-        ),
+        engine=engine_options(settings, offline),
         render=render,
         output=output_path,
         output_is_dir=_output_is_dir(output_path, wants_dir, several, fmt),

@@ -44,6 +44,24 @@ RERENDER: Mapping[ExitCode, str] = {
     ExitCode.USAGE: "usage error",
 }
 
+#: ``docconv eval``.
+EVAL: Mapping[ExitCode, str] = {
+    ExitCode.OK: "every page scored",
+    ExitCode.FAILED: "some inputs or pages could not be scored, the others were",
+    ExitCode.USAGE: "usage error (also --plot without matplotlib)",
+    ExitCode.UNAVAILABLE: "the engine or its tokenizer could not start (or Chinese truth lacks jieba)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C), scored pages kept for the next run",
+    ExitCode.TERMINATED: "terminated (SIGTERM), scored pages kept for the next run",
+}
+
+#: ``docconv compress``.
+COMPRESS: Mapping[ExitCode, str] = {
+    ExitCode.OK: "all inputs rendered",
+    ExitCode.FAILED: "some inputs could not be read, the others were rendered",
+    ExitCode.USAGE: "usage error",
+    ExitCode.UNAVAILABLE: "the model's tokenizer could not be had",
+}
+
 
 def describe(meanings: Mapping[ExitCode, str]) -> str:
     """One line for a command's help: ``Exit codes: 0 success; 1 ...``."""

@@ -2,8 +2,9 @@
 
 :mod:`docconv.engines.base` is the interface (:class:`~docconv.engines.base.Engine` and the
 plain data it takes and returns); every other module here is one engine. A new engine
-(vLLM, a remote server) is one module with a ``create_engine(options)`` function, and one line
-in :data:`ENGINES`. Engines are imported only when a run needs one, so listing them, or
+(vLLM, a remote server) is one module with a ``create_engine(options)`` function (and, where its
+model's tokenizer can be had without the weights, a ``text_token_counter(options)``), and one
+line in :data:`ENGINES`. Engines are imported only when a run needs one, so listing them, or
 ``docconv --help``, loads no model library. Which engine reads a ``--model`` is decided by the
 checkpoint's config (:func:`docconv.models.checkpoint.model_family`), never by its name.
 """
@@ -11,6 +12,7 @@ checkpoint's config (:func:`docconv.models.checkpoint.model_family`), never by i
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 from deepseek_ocr.modes import MODES
 from docconv.engines.base import DEFAULT_ENGINE, Engine, EngineError, EngineOptions
@@ -32,7 +34,15 @@ NATIVE_ENGINES: dict[str, str] = {
 #: BASE_SIZE 1024, IMAGE_SIZE 640, CROP_MODE True); the engine checks them at start.
 SERVED_MODES: dict[str, tuple[str, ...]] = {DEFAULT_ENGINE: tuple(MODES), "vllm": ("gundam",)}
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "NATIVE_ENGINES", "SERVED_MODES", "create_engine", "engine_for_model"]
+__all__ = [
+    "DEFAULT_ENGINE",
+    "ENGINES",
+    "NATIVE_ENGINES",
+    "SERVED_MODES",
+    "create_engine",
+    "engine_for_model",
+    "text_token_counter",
+]
 
 
 def engine_for_model(options: EngineOptions) -> str:
@@ -62,3 +72,12 @@ def create_engine(options: EngineOptions) -> Engine:
     """Build the engine ``options.kind`` for ``options.model``; raises :class:`EngineError` when it
     cannot start."""
     return importlib.import_module(engine_module(options)).create_engine(options)
+
+
+def text_token_counter(options: EngineOptions) -> Callable[[str], int]:
+    """The text-token count of ``options.model``, from its tokenizer alone (no weights); raises
+    :class:`EngineError` when the tokenizer cannot be had."""
+    module = importlib.import_module(engine_module(options))
+    if not hasattr(module, "text_token_counter"):
+        raise EngineError(f"--engine {options.kind} cannot count text tokens without its model; use --engine native")
+    return module.text_token_counter(options)

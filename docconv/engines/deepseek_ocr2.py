@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import (
+    AutoTokenizer,
     BitsAndBytesConfig,
     DeepseekOcr2ForConditionalGeneration,
     DeepseekOcr2Processor,
@@ -194,7 +195,7 @@ class DeepseekOcr2Engine:
         return ocr2_vision_budget(width, height, mode, self.geometry, self.tiles(width, height, mode))
 
     def count_text_tokens(self, text: str) -> int:
-        return len(self.processor.tokenizer(text, add_special_tokens=False).input_ids)
+        return count_with(self.processor.tokenizer, text)
 
     def model_inputs(
         self, images: Sequence[Image.Image], prompts: Sequence[str], mode: str
@@ -267,6 +268,22 @@ class DeepseekOcr2Engine:
                 )
             )
         return outputs
+
+
+def count_with(tokenizer: Any, text: str) -> int:
+    """Decoder tokens of ``text`` (no BOS or other special tokens added)."""
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def text_token_counter(options: EngineOptions) -> Callable[[str], int]:
+    """How many text tokens OCR-2 reads a string as, from the checkpoint's tokenizer alone (no
+    weights); ``docconv compress`` and ``docconv eval`` count with it."""
+    checkpoint = resolve_checkpoint(options)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except (OSError, ValueError) as error:
+        raise EngineError(f"{checkpoint}: no usable tokenizer ({error})") from None
+    return lambda text: count_with(tokenizer, text)
 
 
 def create_engine(options: EngineOptions) -> DeepseekOcr2Engine:

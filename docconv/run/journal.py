@@ -1,5 +1,8 @@
 """Per-document journal of finished pages, so a killed run resumes at the next page.
 
+:class:`RecordJournal` is the mechanism for any kind of record (``docconv eval`` journals
+scored pages with it); :class:`Journal` is the conversion's, one entry per page.
+
 The journal is an append-only JSON-lines file next to the output: a header line with a
 fingerprint of the source and of every option that changes the result, then one line per
 finished page, flushed and fsynced before the run moves on. A run killed mid-write leaves
@@ -14,15 +17,18 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 from docconv.fsutil import atomic_write_text
 from docconv.output.document import Page
 
 JOURNAL_VERSION = 1
 JOURNAL_SUFFIX = ".docconv-journal.jsonl"
+
+Key = TypeVar("Key")
+Record = TypeVar("Record")
 
 
 def journal_path(output: Path) -> Path:
@@ -46,41 +52,51 @@ def bytes_identity(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-class Journal:
-    """Finished pages of one document; :meth:`record` makes a page durable before returning."""
+class RecordJournal(Generic[Key, Record]):
+    """Finished records of one job, by key; :meth:`record` makes a record durable before returning.
 
-    def __init__(self, path: Path, digest: str) -> None:
+    ``encode`` and ``decode`` turn a record into a JSON object and back (``decode`` raises
+    TypeError, KeyError or ValueError on an entry it cannot read); ``key`` names the record.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        digest: str,
+        encode: Callable[[Record], dict[str, Any]],
+        decode: Callable[[dict[str, Any]], Record],
+        key: Callable[[Record], Key],
+    ) -> None:
         self.path = path
         self._digest = digest
-        self.finished: dict[int, Page] = _read_matching(path, digest)
+        self._encode = encode
+        self._key = key
+        self.finished: dict[Key, Record] = {key(item): item for item in _read_matching(path, digest, decode)}
         self._handle: IO[str] | None = None
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> RecordJournal[Key, Record]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def record(self, page: Page) -> None:
-        """Durably note that ``page`` is done."""
+    def record(self, item: Record) -> None:
+        """Durably note that ``item`` is done."""
         handle = self._open_for_append()
-        handle.write(json.dumps(page.to_dict(), ensure_ascii=False) + "\n")
+        handle.write(json.dumps(self._encode(item), ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-        self.finished[page.number] = page
+        self.finished[self._key(item)] = item
 
     def _open_for_append(self) -> IO[str]:
         if self._handle is None:
             # Rewrite what survived (drops a torn last line) so appends start on a clean line.
             lines = [_header(self._digest)] + [
-                json.dumps(p.to_dict(), ensure_ascii=False) for p in self._pages()
+                json.dumps(self._encode(item), ensure_ascii=False) for item in self.finished.values()
             ]
             atomic_write_text(self.path, "\n".join(lines) + "\n")
             self._handle = self.path.open("a", encoding="utf-8")
         return self._handle
-
-    def _pages(self) -> list[Page]:
-        return [self.finished[number] for number in sorted(self.finished)]
 
     def close(self) -> None:
         if self._handle is not None:
@@ -88,34 +104,44 @@ class Journal:
             self._handle = None
 
     def remove(self) -> None:
-        """Forget the journal: the document's output is complete."""
+        """Forget the journal: the job's output is complete."""
         self.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+class Journal(RecordJournal[int, Page]):
+    """Finished pages of one document, by page number."""
+
+    def __init__(self, path: Path, digest: str) -> None:
+        super().__init__(path, digest, Page.to_dict, Page.from_dict, _page_number)
+
+
+def _page_number(page: Page) -> int:
+    return page.number
 
 
 def _header(digest: str) -> str:
     return json.dumps({"docconv_journal": JOURNAL_VERSION, "fingerprint": digest})
 
 
-def _read_matching(path: Path, digest: str) -> dict[int, Page]:
+def _read_matching(path: Path, digest: str, decode: Callable[[dict[str, Any]], Record]) -> list[Record]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
-        return {}  # no usable journal: start the document from its first page
+        return []  # no usable journal: start from the beginning
     if not lines or _parse(lines[0]) != json.loads(_header(digest)):
-        return {}
-    pages: dict[int, Page] = {}
+        return []
+    items: list[Record] = []
     for line in lines[1:]:
-        record = _parse(line)
-        if record is None:
+        entry = _parse(line)
+        if entry is None:
             break  # torn write of a killed run: everything before it is intact
         try:
-            page = Page.from_dict(record)
+            items.append(decode(entry))
         except (TypeError, KeyError, ValueError):
             break  # written by an incompatible version: redo from here
-        pages[page.number] = page
-    return pages
+    return items
 
 
 def _parse(line: str) -> dict[str, Any] | None:

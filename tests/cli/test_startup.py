@@ -42,6 +42,13 @@ def help_without_output(*args: str) -> str:
 def test_help_loads_no_torch() -> None:
     assert modules_loaded_by(f"exec({help_without_output()!r})") == []
     assert modules_loaded_by(f"exec({help_without_output('convert')!r})") == []
+    assert modules_loaded_by(f"exec({help_without_output('eval')!r})") == []
+
+
+def test_eval_help_shows_the_shared_engine_defaults_and_its_exit_codes() -> None:
+    text = " ".join(CliRunner().invoke(app, ["eval", "--help"], terminal_width=400).stdout.split())
+    assert f"Token limit per page. [default: {DEFAULT_GENERATION.max_new_tokens}]" in text
+    assert "Exit codes: 0 every page scored" in text and "143 terminated (SIGTERM)" in text
 
 
 def test_convert_help_shows_the_defaults_where_they_are_defined() -> None:
