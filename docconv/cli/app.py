@@ -1,4 +1,4 @@
-"""The ``docconv`` command: convert documents, plus the config, doctor, models and rerender subcommands.
+"""The ``docconv`` command: convert documents, plus the config, doctor, memory, models and rerender subcommands.
 
 ``docconv FILE...`` converts (the ``convert`` subcommand is implied), so the everyday call
 needs no subcommand. Each subcommand is a module of this package; this one assembles them and
@@ -21,6 +21,7 @@ from docconv.cli.config import config_app
 from docconv.cli.convert import convert
 from docconv.cli.doctor import doctor_command
 from docconv.cli.exit_codes import ExitCode
+from docconv.cli.memory import memory_app
 from docconv.cli.models import models_app
 from docconv.cli.rerender import rerender
 from docconv.cli.signals import Terminated, stop_on_sigterm
@@ -53,6 +54,7 @@ app.command("doctor")(doctor_command)
 app.command("rerender", epilog=exit_codes.describe(exit_codes.RERENDER))(rerender)
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+app.add_typer(memory_app, name="memory")
 
 
 def _version(value: bool) -> None:

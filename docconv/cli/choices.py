@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 
 from deepseek_ocr.modes import MODES
+from docconv.memory.schedule import CLOCKS
 from docconv.output import options as output_options
 from docconv.run.modes import AUTO
 from docconv.run.options import TASKS
@@ -23,6 +24,7 @@ Task = _choices("Task", TASKS)
 Format = _choices("Format", output_options.FORMATS)
 TablesFormat = _choices("TablesFormat", output_options.TABLE_FORMATS)
 RenderTask = _choices("RenderTask", output_options.TASKS)
+Clock = _choices("Clock", CLOCKS)
 
 
 def value_of(choice: Enum | None) -> str | None:
