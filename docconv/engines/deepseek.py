@@ -6,7 +6,7 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from deepseek_ocr import (
 from deepseek_ocr.cpu import sam
 from deepseek_ocr.generation_settings import REPEATABLE_TOKENS
 from deepseek_ocr.loading import codes_bfloat16, load_config, return_freed_memory
+from deepseek_ocr.tokenization import DeepseekOcrTokenizer, TokenizerError
 from docconv.engines.base import (
     EngineError,
     EngineOptions,
@@ -55,6 +56,17 @@ def resolve_checkpoint(options: EngineOptions) -> Path:
         return resolve_model(options.model, offline=options.offline)
     except WeightsError as error:
         raise EngineError(str(error)) from None
+
+
+def text_token_counter(options: EngineOptions) -> Callable[[str], int]:
+    """How many text tokens the model of ``options.model`` reads a string as, from its tokenizer
+    alone: no weights are loaded (``docconv compress`` counts a page's text with it)."""
+    checkpoint = resolve_checkpoint(options)
+    try:
+        tokenizer = DeepseekOcrTokenizer.from_file(checkpoint)
+    except TokenizerError as error:
+        raise EngineError(str(error)) from None
+    return tokenizer.count_tokens
 
 
 class DeepseekOcrEngine:
