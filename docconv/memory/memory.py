@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from PIL import Image
 
 from deepseek_ocr.prompts import TASK_PROMPTS
+from docconv.compress import mode_side
 from docconv.engines.base import EngineOptions
 from docconv.memory.schedule import (
     FORGOTTEN,
@@ -29,7 +30,6 @@ from docconv.memory.schedule import (
     TIME,
     Schedule,
     downsize,
-    image_side,
     page_vision_tokens,
     rank,
 )
@@ -458,7 +458,7 @@ def _drop_entry(tx: Transaction, entry_id: int) -> bool:
 def _check_page_sizes(pages: Sequence[RenderedPageLike], level: str) -> None:
     if not pages:
         raise ValueError("an entry needs at least one page")
-    side = image_side(level)
+    side = mode_side(level)
     for number, page in enumerate(pages, start=1):
         if page.image.size != (side, side):
             raise ValueError(

@@ -1,7 +1,7 @@
 """Levels and the forgetting schedule: how old an entry may get before it is downsized.
 
 A level is one of the model's square, untiled resolution modes (large 1280, base 1024, small
-640, tiny 512 pixels), taken from :mod:`deepseek_ocr.modes`, or :data:`FORGOTTEN` (no image
+640, tiny 512 pixels; :data:`docconv.compress.COMPRESS_MODES`), or :data:`FORGOTTEN` (no image
 left). A schedule maps an entry's age to a level; ages count added entries (``steps`` clock)
 or seconds since the entry was added (``time`` clock). It is written as
 ``LEVEL:AGE,LEVEL:AGE,...``, each level holding from its age on, e.g. the default
@@ -16,16 +16,15 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from deepseek_ocr.modes import MODES, vision_budget
+from docconv.compress import COMPRESS_MODES, mode_side, mode_vision_tokens
 
 #: The level of an entry whose images are gone.
 FORGOTTEN = "forgotten"
 
-#: Square modes without tiles, sharpest first: the levels an entry can be held at. Each is a
-#: plain resize of the page, so a lower level is the previous level's image made smaller.
-LEVELS: tuple[str, ...] = tuple(
-    name for name, mode in sorted(MODES.items(), key=lambda item: -item[1].image_size) if not mode.crop_mode
-)
+#: The modes a page can be rendered for (square, untiled), sharpest first: the levels an entry
+#: can be held at. Each is a plain resize of the page, so a lower level is the previous level's
+#: image made smaller.
+LEVELS: tuple[str, ...] = tuple(sorted(COMPRESS_MODES, key=mode_side, reverse=True))
 
 STEPS = "steps"
 TIME = "time"
@@ -49,17 +48,9 @@ class ScheduleError(ValueError):
     """A schedule that cannot be used; the message says what to write instead."""
 
 
-def image_side(level: str) -> int:
-    """Width and height, in pixels, of a page image held at ``level``."""
-    return MODES[level].image_size
-
-
 def page_vision_tokens(level: str) -> int:
     """Vision tokens the model reads one page image of ``level`` through (0 once forgotten)."""
-    if level == FORGOTTEN:
-        return 0
-    side = image_side(level)
-    return vision_budget(side, side, level).valid
+    return 0 if level == FORGOTTEN else mode_vision_tokens(level)
 
 
 def rank(level: str) -> int:
@@ -69,7 +60,7 @@ def rank(level: str) -> int:
 
 def downsize(image: Image.Image, level: str) -> Image.Image:
     """The page image one level down: ``image`` resized to ``level``'s side with the fixed filter."""
-    side = image_side(level)
+    side = mode_side(level)
     return image.resize((side, side), DOWNSIZE_FILTER)
 
 
