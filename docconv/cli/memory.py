@@ -23,6 +23,8 @@ from docconv.cli.choices import Clock, value_of
 from docconv.cli.exit_codes import ExitCode
 from docconv.cli.listing import JsonOption, print_json, print_table
 from docconv.cli.settings import DEFAULT, DEFAULTS, FILE, Settings, env_var, settings_or_exit
+from docconv.engines import create_engine, text_token_counter
+from docconv.engines.base import EngineError, EngineOptions
 from docconv.fsutil import atomic_write_text
 from docconv.memory.memory import DEFAULT_RATIO, NO_BUDGET, BudgetError, Entry, OpticalMemory
 from docconv.memory.precision import CalibrationError, Expected, PrecisionCurve, read_calibration
@@ -150,8 +152,6 @@ def add_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the new entry as JSON.")] = False,
 ) -> None:
     """Render a text at the schedule's first level and add it as the newest entry; the others age."""
-    from docconv.engines.base import EngineError, EngineOptions
-
     settings = settings_or_exit(
         {
             "model": model,
@@ -163,11 +163,13 @@ def add_command(
     text = _read_source(source)
     fields = _parse_meta(meta or [])
     engine = EngineOptions(model=settings.model, offline=offline)
-    with _opened(store, settings, create=True, ratio=ratio, keep_text=keep_text, engine=engine) as memory:
-        try:
-            entry = memory.add(text, fields, markdown=not plain)
-        except EngineError as error:
-            _fail(f"cannot count text tokens with {settings.model}: {error}", ExitCode.UNAVAILABLE)
+    try:  # before the store is touched: a model that cannot count tokens leaves no trace
+        count_tokens = text_token_counter(engine)
+    except EngineError as error:
+        _fail(f"cannot count text tokens with {settings.model}: {error}", ExitCode.UNAVAILABLE)
+    options = {"ratio": ratio, "keep_text": keep_text, "engine": engine, "count_tokens": count_tokens}
+    with _opened(store, settings, create=True, **options) as memory:
+        entry = memory.add(text, fields, markdown=not plain)
         total, held = memory.total_vision_tokens(), memory.budget
     if as_json:
         print_json(entry.to_dict())
@@ -298,9 +300,6 @@ def recall_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON record per entry and line.")] = False,
 ) -> None:
     """Read entries back from their current images with the engine: what the memory still holds."""
-    from docconv.engines import create_engine
-    from docconv.engines.base import EngineError, EngineOptions
-
     settings = settings_or_exit(
         {"model": model, "device": device, "quant": quant, "dtype": dtype, "max_tokens": max_tokens}
     )

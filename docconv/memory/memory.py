@@ -145,6 +145,7 @@ class Recollection:
 
     entry: Entry
     pages: tuple[str, ...]
+    vision_tokens: tuple[int, ...]  # what the engine read each page through (the level's count)
 
     @property
     def text(self) -> str:
@@ -377,7 +378,9 @@ class OpticalMemory:
                     PageJob(image.convert("RGB"), held.mode, TASK_PROMPTS["text"], max_new_tokens=limit)
                 )
         outputs = reader.generate(jobs)
-        return Recollection(held, tuple(output.text for output in outputs))
+        return Recollection(
+            held, tuple(output.text for output in outputs), tuple(output.vision.valid for output in outputs)
+        )
 
     def _default_engine(self) -> Engine:
         if self._engine is None:
