@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from docconv import __version__
 from docconv.cli import exit_codes
+from docconv.cli.compress import compress
 from docconv.cli.config import config_app
 from docconv.cli.convert import convert
 from docconv.cli.doctor import doctor_command
@@ -52,6 +53,7 @@ app = typer.Typer(
 app.command(CONVERT, no_args_is_help=True, epilog=exit_codes.describe(exit_codes.CONVERT))(convert)
 app.command("doctor")(doctor_command)
 app.command("rerender", epilog=exit_codes.describe(exit_codes.RERENDER))(rerender)
+app.command("compress", no_args_is_help=True, epilog=exit_codes.describe(exit_codes.COMPRESS))(compress)
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 app.add_typer(memory_app, name="memory")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 
 from deepseek_ocr.modes import MODES
+from docconv.compress import COMPRESS_MODES
 from docconv.memory.schedule import CLOCKS
 from docconv.output import options as output_options
 from docconv.run.modes import AUTO
@@ -20,6 +21,7 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 
 Mode = _choices("Mode", (AUTO, *MODES))
+CompressMode = _choices("CompressMode", COMPRESS_MODES)
 Task = _choices("Task", TASKS)
 Format = _choices("Format", output_options.FORMATS)
 TablesFormat = _choices("TablesFormat", output_options.TABLE_FORMATS)

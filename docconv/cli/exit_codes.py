@@ -44,6 +44,14 @@ RERENDER: Mapping[ExitCode, str] = {
     ExitCode.USAGE: "usage error",
 }
 
+#: ``docconv compress``.
+COMPRESS: Mapping[ExitCode, str] = {
+    ExitCode.OK: "all inputs rendered",
+    ExitCode.FAILED: "some inputs could not be read, the others were rendered",
+    ExitCode.USAGE: "usage error",
+    ExitCode.UNAVAILABLE: "the model's tokenizer could not be had",
+}
+
 #: ``docconv memory ...``.
 MEMORY: Mapping[ExitCode, str] = {
     ExitCode.OK: "done",

@@ -30,10 +30,12 @@ COMPRESS_MODES: tuple[str, ...] = tuple(name for name, mode in MODES.items() if 
 DEFAULT_MODE = "small"
 #: The compression the paper reads at ~97 % precision (arXiv 2510.18234, section 4.2).
 DEFAULT_RATIO = 10.0
-#: Capitals fewer pixels high than this cannot be told apart by any reader: the smallest bitmap
-#: fonts that still draw every Latin letter distinctly (3x5-pixel cells, e.g. "Tom Thumb") give
-#: capitals 5 pixels; with 4 rows B/8, E/F, H/N and O/D collapse into the same shapes.
-MIN_LEGIBLE_CAP_HEIGHT_PX = 5.0
+#: Capitals fewer pixels high than this leave no letter shapes for any reader to resolve: the
+#: x-height is then under about two pixels, and telling e from c or n from h needs a stroke and the
+#: gap beside it, at least two samples (the sampling theorem). The paper's Table 2 agrees from the
+#: other side: at ~20x compression, where English text renders at about this size, DeepSeek-OCR's
+#: precision has fallen to ~60 %. docs/compress-manifest.md has the derivation.
+MIN_LEGIBLE_CAP_HEIGHT_PX = 3.0
 
 
 def min_legible_font_size() -> float:

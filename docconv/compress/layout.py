@@ -5,15 +5,18 @@ plain text keeps its line breaks (``white-space: pre-wrap``). Story lays the HTM
 fonts built into PyMuPDF (Nimbus Sans, Nimbus Mono, and MuPDF's fallback fonts for CJK and
 other scripts), so a page looks the same on every machine and nothing is fetched at run time.
 
-The fit: Story is laid out once at :data:`BODY_EM` and ``Story.fit_scale`` finds the smallest
-scale ``s`` of the page's text box that holds all of it; drawing that box scaled by ``1/s`` onto
-the real page makes the body font ``BODY_EM / s``, the largest that fits.
+The fit: Story lays the text out at :data:`BODY_EM` into the page's text box, split into one,
+two or three columns, each enlarged by a scale ``s``; a bisection finds the smallest ``s`` at
+which the columns hold all of it, and drawing them shrunk by ``1/s`` onto the real page makes
+the body font ``BODY_EM / s``, the largest that fits. The column count with the smallest ``s``
+wins.
 """
 
 from __future__ import annotations
 
 import html
 import io
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,10 +41,18 @@ table {{ border-collapse: collapse; }}
 th, td {{ border: 0.5px solid black; padding: 0 0.3em; }}
 .plain {{ white-space: pre-wrap; }}
 """
+#: A page is laid out in as many of these columns as give the largest font: text with short hard
+#: lines (plain text, code) leaves most of a single column's width empty.
+COLUMN_COUNTS = (1, 2, 3)
+#: Space between columns, as a fraction of the page side.
+GUTTER_FRACTION = 1 / 32
 #: The page is searched for a fit between these scales of its text box (font sizes from
 #: ``BODY_EM * 100`` down to ``BODY_EM / 1000`` px), far beyond any usable page.
 SCALE_RANGE = (0.01, 1000.0)
-#: fit_scale's precision; 0.1 % of the font size.
+#: Story reports filled widths in single precision, a rounding error wider than the rectangle
+#: when nothing overflows; more than this (relative) is a word sticking out.
+OVERFLOW_TOLERANCE = 1e-5
+#: The fit's precision: 0.1 % of the font size.
 SCALE_PRECISION = 1e-3
 
 
@@ -67,29 +78,85 @@ def to_html(text: str, markdown: bool) -> str:
 
 
 def lay_out(text: str, side: int, markdown: bool) -> LaidOutPage:
-    """Lay ``text`` out on a ``side`` x ``side`` pixel page at the largest font that fits it."""
+    """Lay ``text`` out on a ``side`` x ``side`` pixel page at the largest font that fits it, in
+    the number of columns (:data:`COLUMN_COUNTS`) that allows the largest."""
     margin = side * MARGIN_FRACTION
-    box = side - 2 * margin
     story = pymupdf.Story(to_html(text, markdown), user_css=CSS, em=BODY_EM)
-    fit = story.fit_scale(
-        pymupdf.Rect(0, 0, box, box),
-        scale_min=SCALE_RANGE[0],
-        scale_max=SCALE_RANGE[1],
-        delta=SCALE_PRECISION,
+    columns = [_Columns(side - 2 * margin, count, side * GUTTER_FRACTION) for count in COLUMN_COUNTS]
+    # min() keeps the first of equal scales: fewer columns when more do not enlarge the font.
+    scale, layout = min(
+        ((_smallest_scale(story, layout), layout) for layout in columns), key=lambda fit: fit[0]
     )
-    if not fit.big_enough:
-        raise ValueError(f"the text does not fit a page even at scale {SCALE_RANGE[1]}")
-    scale = fit.parameter
-    pdf = _draw(story, side, scale, margin)
+    pdf = _draw(story, side, scale, margin, layout)
     return LaidOutPage(image=_rasterize(pdf), pdf=pdf, font_size=BODY_EM / scale)
 
 
-def _draw(story: pymupdf.Story, side: int, scale: float, margin: float) -> bytes:
-    """The placed story drawn shrunk by ``scale`` onto a page of ``side`` points (= pixels)."""
+@dataclass(frozen=True)
+class _Columns:
+    """A square text box of side ``box`` split into ``count`` columns ``gutter`` apart."""
+
+    box: float
+    count: int
+    gutter: float
+
+    @property
+    def width(self) -> float:
+        return (self.box - (self.count - 1) * self.gutter) / self.count
+
+    def rect(self, scale: float) -> pymupdf.Rect:
+        """One column, scaled; the story is laid out at its own size and shrunk when drawn."""
+        return pymupdf.Rect(0, 0, self.width * scale, self.box * scale)
+
+    def left(self, index: int) -> float:
+        return index * (self.width + self.gutter)
+
+
+def _holds(story: pymupdf.Story, layout: _Columns, scale: float) -> bool:
+    """Whether the columns, enlarged by ``scale``, take the whole story, no word sticking out of
+    its column (Story lets a word wider than its column overflow to the right, into the next)."""
+    story.reset()
+    for _ in range(layout.count):
+        column = layout.rect(scale)
+        more, filled = story.place(column)
+        if filled[2] > column.x1 * (1 + OVERFLOW_TOLERANCE):
+            return False
+        if not more:
+            return True
+        story.draw(None)  # a story moves on to the next rectangle only once the last is drawn
+    return False
+
+
+def _smallest_scale(story: pymupdf.Story, layout: _Columns) -> float:
+    """The smallest scale at which the columns hold the story, by bisection on its logarithm.
+
+    ``Story.fit_scale`` does this for one rectangle, but it neither flows text on through several
+    rectangles nor notices a word overflowing the width, so the search is written here (the
+    same bisection, to the same precision).
+    """
+    low, high = SCALE_RANGE
+    if not _holds(story, layout, high):
+        raise ValueError(f"the text does not fit a page even at scale {high}")
+    while high / low > 1 + SCALE_PRECISION:
+        middle = math.sqrt(low * high)
+        if _holds(story, layout, middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _draw(story: pymupdf.Story, side: int, scale: float, margin: float, layout: _Columns) -> bytes:
+    """The story laid out in the columns enlarged by ``scale``, drawn shrunk back onto a page of
+    ``side`` points (= pixels)."""
     buffer = io.BytesIO()
     writer = pymupdf.DocumentWriter(buffer)
     device = writer.begin_page(pymupdf.Rect(0, 0, side, side))
-    story.draw(device, pymupdf.Matrix(1 / scale, 0, 0, 1 / scale, margin, margin))
+    story.reset()
+    for index in range(layout.count):
+        more, _filled = story.place(layout.rect(scale))
+        story.draw(device, pymupdf.Matrix(1 / scale, 0, 0, 1 / scale, margin + layout.left(index), margin))
+        if not more:
+            break
     writer.end_page()
     writer.close()
     return buffer.getvalue()

@@ -55,7 +55,7 @@ def test_a_higher_ratio_means_a_smaller_font(count_tokens):
 
 
 def test_pages_below_the_legible_size_are_flagged(count_tokens):
-    pages = render_text(LONG_PLAIN, mode="tiny", ratio=60, count_tokens=count_tokens, markdown=False)
+    pages = render_text(LONG_PLAIN, mode="tiny", ratio=400, count_tokens=count_tokens, markdown=False)
     assert pages[0].font_size < min_legible_font_size()
     assert not pages[0].legible
     readable = render_text(LONG_PLAIN, mode="tiny", ratio=3, count_tokens=count_tokens, markdown=False)

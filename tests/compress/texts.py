@@ -38,3 +38,13 @@ LONG_PLAIN = "".join(
     "judge my vow: how vexingly quick daft zebras jump, and the five boxing wizards jump quickly.\n\n"
     for n in range(1, 60)
 )
+
+#: Prose in paragraphs of one line each, so the layout reflows it to the page's width: what a
+#: reader is tested on.
+PROSE = "".join(
+    f"Paragraph {n}: the quick brown fox jumps over the lazy dog while twelve wizards box jovially. Pack my box "
+    f"with five dozen liquor jugs, number {n * 7}. Sphinx of black quartz, judge my vow: how vexingly "
+    "quick daft zebras jump, and the five boxing wizards jump quickly. A mad boxer shot a quick, gloved "
+    "jab to the jaw of his dizzy opponent.\n\n"
+    for n in range(1, 80)
+)
