@@ -253,7 +253,14 @@ def _check_header(index: Path) -> None:
 
 def _check_tables(index: Path) -> None:
     """Read the index once as an immutable file: a damaged one fails here, before a normal
-    connection would leave -wal and -shm files next to it."""
+    connection would leave -wal and -shm files next to it.
+
+    Only while no write-ahead log exists: with one, another process has the store open (and may
+    be copying the log into the file, which an immutable reader must not see half done), or one
+    was killed and a normal connection must first recover the log.
+    """
+    if index.with_name(index.name + "-wal").exists():
+        return
     try:
         probe = sqlite3.connect(f"{index.resolve().as_uri()}?immutable=1", uri=True)
         try:
