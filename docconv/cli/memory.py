@@ -273,14 +273,22 @@ def context_command(
 
 
 def _snapshot(images: tuple[Path, ...], manifest: dict[str, Any], output: Path) -> dict[str, Any]:
+    """Copy the images into ``output`` and write a manifest naming them relative to it."""
     output.mkdir(parents=True, exist_ok=True)
     for image in images:
         shutil.copyfile(image, output / image.name)
-    text = json.dumps(manifest, ensure_ascii=False, indent=2)
-    for image in images:
-        text = text.replace(json.dumps(str(image)), json.dumps(image.name))
-    atomic_write_text(output / "manifest.json", text + "\n")
-    return json.loads(text)
+    name = {str(image): image.name for image in images}
+    entries = [
+        entry | {"image": name[entry["image"]], "images": [name[path] for path in entry["images"]]}
+        for entry in manifest["entries"]
+    ]
+    content = [
+        part | {"path": name[part["path"]]} if part["type"] == "image" else part
+        for part in manifest["content"]
+    ]
+    copied = manifest | {"entries": entries, "content": content}
+    atomic_write_text(output / "manifest.json", json.dumps(copied, ensure_ascii=False, indent=2) + "\n")
+    return copied
 
 
 @memory_app.command("recall", epilog=exit_codes.describe(exit_codes.MEMORY))
@@ -308,6 +316,8 @@ def recall_command(
             wanted = [memory.entry(i) for i in entries] if entries else memory.entries()
         except KeyError as error:
             _fail(str(error.args[0]))
+        if not wanted:
+            return
         try:
             engine = create_engine(
                 EngineOptions(
