@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,13 +23,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from PIL import Image
 
 from deepseek_ocr.prompts import TASK_PROMPTS
-from docconv.compress import mode_side
+from docconv.compress import mode_side, render_text
 from docconv.engines.base import EngineOptions
 from docconv.memory.schedule import (
     FORGOTTEN,
     STEPS,
     TIME,
     Schedule,
+    ScheduleError,
     downsize,
     page_vision_tokens,
     rank,
@@ -157,10 +159,13 @@ class OpticalMemory:
 
     ``schedule`` (a :class:`Schedule` or its text), ``clock`` and ``budget`` (vision tokens,
     :data:`NO_BUDGET` for none) are the store's own settings: left as None, the store keeps
-    what it has (the defaults for a new store); given, they replace them and apply at once.
+    what it has (the defaults for a new store); given, they replace them within the next change
+    (an add, forget or clear) or read (:meth:`entries`, :meth:`context`, ...), in its
+    transaction: an add the new budget refuses leaves the old settings, too
+    (:meth:`refresh` writes them without another change).
     ``engine`` names the model whose tokenizer counts an entry's text tokens (``count_tokens``
-    replaces it) and which :meth:`recall` reads with when given no engine. ``keep_text`` keeps each added entry's source text (for evaluation);
-    otherwise only the images remain.
+    replaces it) and which :meth:`recall` reads with when given no engine. ``keep_text`` keeps
+    each added entry's source text (for evaluation); otherwise only the images remain.
     """
 
     def __init__(
@@ -202,33 +207,39 @@ class OpticalMemory:
 
     @property
     def schedule(self) -> Schedule:
-        with self.store.read() as db:
-            return _schedule_of(_settings(db))
+        return _schedule_of(self._settings())
 
     @property
     def budget(self) -> int:
+        return int(self._settings()[_BUDGET])
+
+    def _settings(self) -> dict[str, str]:
+        """The store's settings with those given to this handle and not yet written over them."""
         with self.store.read() as db:
-            return int(_settings(db)[_BUDGET])
+            return _stored_settings(db) | self._pending
 
     def _configure(self, schedule: Schedule | str | None, budget: int | None, clock: str | None) -> None:
-        with self.store.read() as db:
-            current = _settings(db)
+        self._pending: dict[str, str] = {}
+        current = self._settings()
         wanted = _wanted_settings(current, schedule, budget, clock)
-        if wanted != {key: current.get(key) for key in wanted}:
-            with self.store.write() as tx:
-                for key, value in wanted.items():
-                    tx.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
-                tx.db.execute("INSERT OR IGNORE INTO settings VALUES (?, '0')", (_STEP,))
-                tx.db.execute("INSERT OR IGNORE INTO settings VALUES (?, '0')", (_FORGOTTEN,))
-                self._settle(tx)
+        self._pending = {key: value for key, value in wanted.items() if current.get(key) != value}
+
+    @contextmanager
+    def _change(self) -> Iterator[Transaction]:
+        """One write transaction: the pending settings, the block's change, then the schedule and
+        budget brought to bear (nothing to do when nothing is due)."""
+        with self.store.write() as tx:
+            for key, value in self._pending.items():
+                tx.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
+            yield tx
+            self._settle(tx)
+        self._pending = {}
 
     # -- changes ----------------------------------------------------------------------------
 
     def add(self, text: str, meta: Mapping[str, Any] | None = None, *, markdown: bool = True) -> Entry:
         """Render ``text`` (Markdown unless ``markdown`` is false) at the schedule's first level and
         store it as the newest entry; the others age by one step."""
-        from docconv.compress import render_text
-
         first = self.schedule.first
         pages = render_text(
             text, mode=first, ratio=self.ratio, count_tokens=self._token_counter(), markdown=markdown
@@ -246,12 +257,12 @@ class OpticalMemory:
         ``text`` is the source text, kept only when the memory keeps text.
         """
         meta_json = json.dumps(dict(meta or {}), ensure_ascii=False, sort_keys=True)
-        with self.store.write() as tx:
-            settings = _settings(tx.db)
+        with self._change() as tx:
+            settings = _stored_settings(tx.db)
             schedule = _schedule_of(settings)
             _check_page_sizes(pages, schedule.first)
             step = int(settings[_STEP]) + 1
-            tx.db.execute("UPDATE settings SET value = ? WHERE key = ?", (str(step), _STEP))
+            tx.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (_STEP, str(step)))
             cursor = tx.db.execute(
                 "INSERT INTO entries (step, added_at, level, ratio_target, meta, text) VALUES (?, ?, ?, ?, ?, ?)",
                 (step, time.time(), schedule.first, self.ratio, meta_json, text if self.keep_text else None),
@@ -265,7 +276,7 @@ class OpticalMemory:
                     (entry_id, number, name, *page.span, page.text_tokens, page.font_size, int(page.legible)),
                 )
             self._settle(tx, added=entry_id)
-            entry = _read_entry(tx.db, self.store, entry_id)
+            entry = _read_entry(tx.db, self.store, entry_id, _stored_settings(tx.db))
         if entry is None:  # pragma: no cover - _settle raises BudgetError instead of forgetting it
             raise BudgetError("the new entry did not fit the budget")
         return entry
@@ -273,27 +284,27 @@ class OpticalMemory:
     def forget(self, entry: int | Entry) -> None:
         """Drop an entry and its images now, whatever its age."""
         entry_id = entry.id if isinstance(entry, Entry) else int(entry)
-        with self.store.write() as tx:
+        with self._change() as tx:
             if not _drop_entry(tx, entry_id):
                 raise KeyError(f"{self.path}: no entry {entry_id} (it may have been forgotten already)")
 
     def clear(self) -> int:
         """Forget every entry; returns how many there were. The settings stay."""
-        with self.store.write() as tx:
+        with self._change() as tx:
             ids = [entry_id for (entry_id,) in tx.db.execute("SELECT id FROM entries")]
             for entry_id in ids:
                 _drop_entry(tx, entry_id)
         return len(ids)
 
     def refresh(self) -> None:
-        """Age the entries to now (the time clock moves without adds; the steps clock only on add)."""
-        if self.schedule.clock == TIME:
-            with self.store.write() as tx:
-                self._settle(tx)
+        """Write pending settings and age the entries to now (the time clock moves without adds)."""
+        if self._pending or self.schedule.clock == TIME:
+            with self._change():
+                pass
 
     def _settle(self, tx: Transaction, added: int | None = None) -> None:
         """Bring every entry to the level its age and the budget allow, oldest first down."""
-        settings = _settings(tx.db)
+        settings = _stored_settings(tx.db)
         schedule = _schedule_of(settings)
         budget = int(settings[_BUDGET])
         rows = tx.db.execute(
@@ -319,13 +330,15 @@ class OpticalMemory:
         """The entries held now, oldest first."""
         self.refresh()
         with self.store.read() as db:
+            settings = _stored_settings(db)
             ids = [entry_id for (entry_id,) in db.execute("SELECT id FROM entries ORDER BY id")]
-            return [entry for entry in (_read_entry(db, self.store, i) for i in ids) if entry is not None]
+            entries = (_read_entry(db, self.store, entry_id, settings) for entry_id in ids)
+            return [entry for entry in entries if entry is not None]
 
     def entry(self, entry_id: int) -> Entry:
         self.refresh()
         with self.store.read() as db:
-            entry = _read_entry(db, self.store, entry_id)
+            entry = _read_entry(db, self.store, entry_id, _stored_settings(db))
         if entry is None:
             raise KeyError(f"{self.path}: no entry {entry_id} (it may have been forgotten already)")
         return entry
@@ -335,8 +348,7 @@ class OpticalMemory:
 
     def forgotten_count(self) -> int:
         """How many entries have faded out (or were forgotten or cleared) so far."""
-        with self.store.read() as db:
-            return int(_settings(db)[_FORGOTTEN])
+        return int(self._settings()[_FORGOTTEN])
 
     def context(self) -> MemoryContext:
         """Every held image, oldest first, with a manifest a vision-language model's prompt can take.
@@ -454,7 +466,8 @@ def _drop_entry(tx: Transaction, entry_id: int) -> bool:
     for name in names:
         tx.drop_image(name)
     if deleted:
-        tx.db.execute("UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key = ?", (_FORGOTTEN,))
+        forgotten = int(_stored_settings(tx.db)[_FORGOTTEN]) + 1
+        tx.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (_FORGOTTEN, str(forgotten)))
     return bool(deleted)
 
 
@@ -490,8 +503,9 @@ def _entry_caption(entry: Entry, clock: str) -> str:
 # -- the index ----------------------------------------------------------------------------------
 
 
-def _settings(db: Any) -> dict[str, str]:
-    return dict(db.execute("SELECT key, value FROM settings").fetchall())
+def _stored_settings(db: Any) -> dict[str, str]:
+    """The settings rows, over the counters' starting values (a new store has no rows yet)."""
+    return {_STEP: "0", _FORGOTTEN: "0"} | dict(db.execute("SELECT key, value FROM settings").fetchall())
 
 
 def _schedule_of(settings: Mapping[str, str]) -> Schedule:
@@ -512,7 +526,7 @@ def _wanted_settings(
     else:
         chosen = Schedule.parse(current[_SCHEDULE], stored_clock)
     if clock is not None and chosen.clock != clock:
-        raise ValueError(f"the schedule {chosen} is on the {chosen.clock} clock, not {clock}")
+        raise ScheduleError(f"the schedule {chosen} is on the {chosen.clock} clock, not {clock}")
     return {
         _SCHEDULE: str(chosen),
         _CLOCK: chosen.clock,
@@ -520,14 +534,13 @@ def _wanted_settings(
     }
 
 
-def _read_entry(db: Any, store: Store, entry_id: int) -> Entry | None:
+def _read_entry(db: Any, store: Store, entry_id: int, settings: Mapping[str, str]) -> Entry | None:
     row = db.execute(
         "SELECT step, added_at, level, ratio_target, meta, text FROM entries WHERE id = ?", (entry_id,)
     ).fetchone()
     if row is None:
         return None
     step, added_at, level, ratio_target, meta, text = row
-    settings = _settings(db)
     age = _age(settings[_CLOCK], int(settings[_STEP]) - step, time.time() - added_at)
     pages = tuple(
         MemoryPage(number, store.image_path(name), (start, end), tokens, font_size, bool(legible))

@@ -199,6 +199,12 @@ def test_add_errors_are_one_line_with_their_exit_code(tmp_path: Path, model: lis
         assert result.exit_code == code, (args, result.stderr)
         assert message in result.stderr and result.stderr.count("\n") == 1, (args, result.stderr)
     assert snapshot(foreign) == {"cat.jpg": hashlib.sha256(b"x").hexdigest()}
+    # A budget the new entry cannot fit refuses the add and leaves the store's own budget.
+    store = tmp_path / "kept"
+    assert invoke("add", store, note, "--budget", 900, *model).exit_code == 0
+    assert invoke("add", store, note, "--budget", 10, *model).exit_code == ExitCode.FAILED
+    data = json.loads(invoke("show", store, "--json").stdout)
+    assert data["budget"] == 900 and [e["id"] for e in data["entries"]] == [1]
     unavailable = invoke("add", tmp_path / "t", note, "--model", tmp_path / "no-model", "--offline")
     assert unavailable.exit_code == ExitCode.UNAVAILABLE, unavailable.stderr
 

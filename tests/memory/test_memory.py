@@ -135,14 +135,32 @@ def test_a_lower_budget_applies_at_once_and_a_too_small_one_refuses_the_add(
     assert tight.entries() == [] and list(tight.store.images.iterdir()) == []
 
 
+def test_an_add_refused_by_a_new_budget_leaves_the_store_and_its_settings_as_they_were(
+    open_memory, round_pages, tmp_path
+):
+    memory = open_memory(tmp_path / "store", budget=2000)
+    for _ in range(3):
+        memory.add_pages(round_pages)
+    before = [(entry.id, entry.mode) for entry in memory.entries()]
+    memory.close()
+    refused = open_memory(tmp_path / "store", budget=page_vision_tokens("tiny") - 1)
+    with pytest.raises(BudgetError):
+        refused.add_pages(round_pages)
+    refused.close()
+    again = open_memory(tmp_path / "store")
+    assert again.budget == 2000 and [(entry.id, entry.mode) for entry in again.entries()] == before
+
+
 def test_the_store_keeps_its_schedule_and_budget_until_told_otherwise(open_memory, tmp_path):
     first = open_memory(tmp_path / "store", schedule="large:0,small:2", budget=900)
     assert str(first.schedule) == "large:0,small:2" and first.budget == 900
+    first.refresh()  # given settings are written with the next change or read; here, now
     first.close()
     again = open_memory(tmp_path / "store")
     assert str(again.schedule) == "large:0,small:2" and again.budget == 900
     again.close()
     changed = open_memory(tmp_path / "store", budget=0, clock="time")
+    changed.refresh()
     assert changed.schedule == Schedule.default("time") and changed.budget == 0
 
 
