@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from docconv.cli.choices import CompressMode
@@ -87,28 +88,54 @@ def compress(
         raise typer.Exit(ExitCode.FAILED)
     count_tokens = _token_counter(EngineOptions(model=settings.model, offline=offline))
     reports = []
-    for item, name in zip(texts, output_names(texts), strict=True):
-        try:
-            pages = render_text(
-                item.text, mode=mode.value, ratio=ratio, count_tokens=count_tokens, markdown=item.markdown
-            )
-            record = manifest(
-                pages,
-                mode=mode.value,
-                ratio_target=ratio,
-                model=settings.model,
-                source=item.source,
-                pdf=PDF_NAME if pdf else None,
-            )
-            path = write_rendered(output / name if several else output, pages, record)
-        except OSError as error:
-            _input_error(item.source, f"cannot write the output ({error.strerror}); check -o {output}")
-            failed = True
-            continue
-        _warn_illegible(item.source, pages)
-        reports.append(_report(item, path, pages))
+    with _progress() as progress:
+        for item, name in zip(texts, output_names(texts), strict=True):
+            task = progress.add_task(item.source, total=len(item.text))
+            try:
+                pages = render_text(
+                    item.text,
+                    mode=mode.value,
+                    ratio=ratio,
+                    count_tokens=count_tokens,
+                    markdown=item.markdown,
+                    on_page=lambda page, task=task: progress.update(task, completed=page.span[1]),
+                )
+                record = manifest(
+                    pages,
+                    mode=mode.value,
+                    ratio_target=ratio,
+                    model=settings.model,
+                    source=item.source,
+                    pdf=PDF_NAME if pdf else None,
+                )
+                path = write_rendered(output / name if several else output, pages, record)
+            except OSError as error:
+                _input_error(item.source, f"cannot write the output ({error.strerror}); check -o {output}")
+                failed = True
+                continue
+            except ValueError as error:  # a page the layout cannot fit at any size
+                _input_error(item.source, f"cannot lay the text out ({error}); try a lower --ratio")
+                failed = True
+                continue
+            finally:
+                progress.remove_task(task)
+            _warn_illegible(item.source, pages)
+            reports.append(_report(item, path, pages))
     _print_reports(reports, as_json)
     raise typer.Exit(ExitCode.FAILED if failed else ExitCode.OK)
+
+
+def _progress() -> Progress:
+    """Characters rendered per input, on stderr, only on a terminal; gone when done."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    )
 
 
 def _token_counter(options: EngineOptions):
@@ -180,7 +207,11 @@ def _print_reports(reports: list[dict], as_json: bool) -> None:
         return
     if not reports:
         return
-    table = Table("input", "manifest", "pages", "text tokens", "vision tokens", "ratio", "smallest font (px)")
+    table = Table()
+    for header in ("input", "manifest"):
+        table.add_column(header, overflow="fold")  # whole paths, wrapped, never cut to an ellipsis
+    for header in ("pages", "text tokens", "vision tokens", "ratio", "smallest font (px)"):
+        table.add_column(header, justify="right")
     for report in reports:
         table.add_row(
             report["source"],

@@ -32,9 +32,8 @@ DEFAULT_MODE = "small"
 DEFAULT_RATIO = 10.0
 #: Capitals fewer pixels high than this leave no letter shapes for any reader to resolve: the
 #: x-height is then under about two pixels, and telling e from c or n from h needs a stroke and the
-#: gap beside it, at least two samples (the sampling theorem). The paper's Table 2 agrees from the
-#: other side: at ~20x compression, where English text renders at about this size, DeepSeek-OCR's
-#: precision has fallen to ~60 %. docs/compress-manifest.md has the derivation.
+#: gap beside it, at least two samples (the sampling theorem). It is a floor for any reader, not
+#: a promise of DeepSeek-OCR's precision above it (docs/compress-manifest.md, "Legibility").
 MIN_LEGIBLE_CAP_HEIGHT_PX = 3.0
 
 
@@ -79,11 +78,14 @@ def render_text(
     ratio: float,
     count_tokens: Callable[[str], int],
     markdown: bool = True,
+    on_page: Callable[[RenderedPage], None] | None = None,
 ) -> list[RenderedPage]:
     """Render ``text`` as pages for ``mode``, each holding about ``ratio`` x its vision tokens of
     text tokens (the last holds the rest). No pages for text that is only whitespace.
+    ``on_page`` is called with each page as it is finished (progress displays).
 
-    Raises ``ValueError`` for an unknown mode or a ratio that leaves a page less than one token.
+    Raises ``ValueError`` for an unknown mode, a ratio that leaves a page less than one token, or
+    a page the layout cannot fit at any font size.
     """
     side = mode_side(mode)
     vision_tokens = mode_vision_tokens(mode)
@@ -97,19 +99,20 @@ def render_text(
         laid_out = lay_out(piece.source, side, markdown)
         page_text = text[piece.start : piece.end]
         text_tokens = count_tokens(page_text)
-        pages.append(
-            RenderedPage(
-                image=laid_out.image,
-                text=page_text,
-                span=(piece.start, piece.end),
-                text_tokens=text_tokens,
-                vision_tokens=vision_tokens,
-                ratio=text_tokens / vision_tokens,
-                font_size=laid_out.font_size,
-                legible=laid_out.font_size >= legible_from,
-                pdf=laid_out.pdf,
-            )
+        page = RenderedPage(
+            image=laid_out.image,
+            text=page_text,
+            span=(piece.start, piece.end),
+            text_tokens=text_tokens,
+            vision_tokens=vision_tokens,
+            ratio=text_tokens / vision_tokens,
+            font_size=laid_out.font_size,
+            legible=laid_out.font_size >= legible_from,
+            pdf=laid_out.pdf,
         )
+        pages.append(page)
+        if on_page is not None:
+            on_page(page)
     return pages
 
 

@@ -8,8 +8,8 @@ other scripts), so a page looks the same on every machine and nothing is fetched
 The fit: Story lays the text out at :data:`BODY_EM` into the page's text box, split into one,
 two or three columns, each enlarged by a scale ``s``; a bisection finds the smallest ``s`` at
 which the columns hold all of it, and drawing them shrunk by ``1/s`` onto the real page makes
-the body font ``BODY_EM / s``, the largest that fits. The column count with the smallest ``s``
-wins.
+the body font ``BODY_EM / s``, the largest that fits. More columns are taken only when they
+enlarge the font clearly (:data:`COLUMN_GAIN`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import pymupdf
-from markdown_it import MarkdownIt
 from PIL import Image
+
+from docconv.compress.markdown import markdown_parser
 
 #: The body font size (px) the story is laid out at before scaling; any value works, the fit
 #: scales it, and a round one keeps the CSS readable.
@@ -44,8 +45,12 @@ th, td {{ border: 0.5px solid black; padding: 0 0.3em; }}
 #: A page is laid out in as many of these columns as give the largest font: text with short hard
 #: lines (plain text, code) leaves most of a single column's width empty.
 COLUMN_COUNTS = (1, 2, 3)
-#: Space between columns, as a fraction of the page side.
-GUTTER_FRACTION = 1 / 32
+#: More columns are taken only when they enlarge the font by this factor: a reader must find the
+#: reading order across columns (Tesseract reads lines straight across a narrow gutter), which
+#: pays only for a clearly larger type, as for text with short hard lines.
+COLUMN_GAIN = 1.25
+#: Space between columns, as a fraction of the page side: wide enough to read as a column break.
+GUTTER_FRACTION = 1 / 16
 #: The page is searched for a fit between these scales of its text box (font sizes from
 #: ``BODY_EM * 100`` down to ``BODY_EM / 1000`` px), far beyond any usable page.
 SCALE_RANGE = (0.01, 1000.0)
@@ -65,15 +70,10 @@ class LaidOutPage:
     font_size: float
 
 
-@lru_cache(maxsize=1)
-def _markdown() -> MarkdownIt:
-    return MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
-
-
 def to_html(text: str, markdown: bool) -> str:
     """The page's text as the HTML Story lays out."""
     if markdown:
-        return _markdown().render(text)
+        return markdown_parser().render(text)
     return f'<div class="plain">{html.escape(text.strip(chr(10)))}</div>'
 
 
@@ -82,13 +82,22 @@ def lay_out(text: str, side: int, markdown: bool) -> LaidOutPage:
     the number of columns (:data:`COLUMN_COUNTS`) that allows the largest."""
     margin = side * MARGIN_FRACTION
     story = pymupdf.Story(to_html(text, markdown), user_css=CSS, em=BODY_EM)
-    columns = [_Columns(side - 2 * margin, count, side * GUTTER_FRACTION) for count in COLUMN_COUNTS]
-    # min() keeps the first of equal scales: fewer columns when more do not enlarge the font.
-    scale, layout = min(
-        ((_smallest_scale(story, layout), layout) for layout in columns), key=lambda fit: fit[0]
-    )
+    scale, layout = _best_columns(story, side - 2 * margin, side * GUTTER_FRACTION)
     pdf = _draw(story, side, scale, margin, layout)
     return LaidOutPage(image=_rasterize(pdf), pdf=pdf, font_size=BODY_EM / scale)
+
+
+def _best_columns(story: pymupdf.Story, box: float, gutter: float) -> tuple[float, _Columns]:
+    """The column count and scale that give the largest font; more columns only when they enlarge
+    it by :data:`COLUMN_GAIN` over the best with fewer."""
+    best: tuple[float, _Columns] | None = None
+    for count in COLUMN_COUNTS:
+        layout = _Columns(box, count, gutter)
+        scale = _smallest_scale(story, layout)
+        if best is None or scale * COLUMN_GAIN <= best[0]:
+            best = (scale, layout)
+    assert best is not None
+    return best
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import lru_cache
 
-from markdown_it import MarkdownIt
+from docconv.compress.markdown import markdown_parser
 
 #: A page's text may count this much more or fewer tokens than the target, so its end can move to
 #: a paragraph, line or word boundary (the manifest promises +-10 %; this leaves room to spare).
@@ -38,7 +37,7 @@ class Block:
 
     start: int
     end: int
-    kind: str  # "fence" or "table"
+    body: int  # where its rows or code lines begin: after a table's delimiter row, a fence's opening
     reopen: str  # what a page starting inside it begins with
     close: str  # what a page ending inside it ends with
 
@@ -50,11 +49,6 @@ class Piece:
     start: int
     end: int
     source: str  # the Markdown (or plain text) the page renders: the slice plus repaired syntax
-
-
-@lru_cache(maxsize=1)
-def _parser() -> MarkdownIt:
-    return MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
 
 def split_pages(
@@ -124,6 +118,8 @@ def _boundary(text: str, end: int, blocks: list[Block]) -> Boundary:
     if not before.isspace() or text[end].isspace():
         return Boundary.CHARACTER
     inside = _block_at(end, blocks)
+    if inside is not None and end < inside.body:
+        return Boundary.CHARACTER  # a table's header without its delimiter row would be no table
     if before == "\n":
         blank_line_before = text.endswith("\n\n", 0, end)
         return Boundary.BLOCK if blank_line_before and inside is None else Boundary.LINE
@@ -153,17 +149,19 @@ def _split_sensitive_blocks(text: str) -> list[Block]:
     """Top-level tables and fenced code blocks, with the syntax that re-opens and closes them."""
     line_starts = [match.start() for match in _LINE_START.finditer(text)] + [len(text)]
     blocks = []
-    for token in _parser().parse(text):
+    for token in markdown_parser().parse(text):
         if token.level != 0 or token.map is None or token.nesting == -1:
             continue
         first, last = token.map
         start, end = line_starts[first], line_starts[min(last, len(line_starts) - 1)]
         if token.type == "fence":
             fence = token.markup
-            blocks.append(Block(start, end, "fence", f"{fence}{token.info}\n", f"\n{fence}\n"))
+            body = line_starts[first + 1]
+            blocks.append(Block(start, end, body, f"{fence}{token.info}\n", f"\n{fence}\n"))
         elif token.type == "table_open":
-            delimiter = text[start:end].splitlines(keepends=True)[1]
+            delimiter = text[line_starts[first + 1] : line_starts[first + 2]]
             columns = len(delimiter.strip().strip("|").split("|"))
             # An empty header row: the page's rows stay a table and no text is repeated.
-            blocks.append(Block(start, end, "table", "|" + " |" * columns + "\n" + delimiter, ""))
+            reopen = "|" + " |" * columns + "\n" + delimiter.rstrip("\n") + "\n"
+            blocks.append(Block(start, end, line_starts[first + 2], reopen, ""))
     return blocks

@@ -5,7 +5,7 @@ rise as the ratio does, on the same text, over three settings. Tesseract needs l
 DeepSeek-OCR, so the rising settings sit where its reading breaks down with the tiny
 checkpoint's tokenizer (about 1.5 characters per token: the ratios pack less text than the real
 tokenizer's would). Character error: Levenshtein distance / reference length, after collapsing
-whitespace (line breaks are layout). Each read is one Tesseract call on one page.
+whitespace (line breaks are layout); each column is read alone (tests/compress/reading.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import pytest
 from docconv.compress import render_text
 from tests.compress.texts import PROSE
 
-pytesseract = pytest.importorskip("pytesseract", reason="pytesseract (the test extra) is not installed")
-Levenshtein = pytest.importorskip(
-    "rapidfuzz.distance", reason="rapidfuzz (the test extra) is not installed"
-).Levenshtein
+pytest.importorskip("pytesseract", reason="pytesseract (the test extra) is not installed")
+pytest.importorskip("rapidfuzz", reason="rapidfuzz (the test extra) is not installed")
+from tests.compress.reading import character_error  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tesseract") is None,
@@ -32,12 +31,6 @@ pytestmark = pytest.mark.skipif(
 def _one_tesseract_thread(monkeypatch):
     # Tesseract's OpenMP threads only contend on CI's two cores; one is faster there, same result.
     monkeypatch.setenv("OMP_THREAD_LIMIT", "1")
-
-
-def character_error(page) -> float:
-    reference = " ".join(page.text.split())
-    read = " ".join(pytesseract.image_to_string(page.image, lang="eng").split())
-    return Levenshtein.distance(reference, read) / len(reference)
 
 
 def test_large_pages_at_ratio_3_read_back_within_3_percent(count_tokens):

@@ -87,3 +87,9 @@ def test_whitespace_gives_no_pages(count_tokens):
 def test_bad_arguments_raise_value_error(mode, ratio, message, count_tokens):
     with pytest.raises(ValueError, match=message):
         render_text("text", mode=mode, ratio=ratio, count_tokens=count_tokens)
+
+
+def test_each_page_is_reported_as_it_is_finished(count_tokens):
+    seen = []
+    pages = render_text(LONG_PLAIN, mode="tiny", ratio=10, count_tokens=count_tokens, on_page=seen.append)
+    assert seen == pages
