@@ -158,8 +158,9 @@ class OpticalMemory:
     """A store of entries rendered as images that fade with age; usable without the CLI.
 
     ``schedule`` (a :class:`Schedule` or its text), ``clock`` and ``budget`` (vision tokens,
-    :data:`NO_BUDGET` for none) are the store's own settings: left as None, the store keeps
-    what it has (the defaults for a new store); given, they replace them within the next change
+    :data:`NO_BUDGET` for none) are the store's own settings: a new store is made with them (or
+    the defaults); an existing one keeps what it has unless they are given, and then they
+    replace them within the next change
     (an add, forget or clear) or read (:meth:`entries`, :meth:`context`, ...), in its
     transaction: an add the new budget refuses leaves the old settings, too
     (:meth:`refresh` writes them without another change).
@@ -223,6 +224,8 @@ class OpticalMemory:
         current = self._settings()
         wanted = _wanted_settings(current, schedule, budget, clock)
         self._pending = {key: value for key, value in wanted.items() if current.get(key) != value}
+        if _SCHEDULE not in current:  # a new store: made with its settings, nothing to refuse yet
+            self.refresh()
 
     @contextmanager
     def _change(self) -> Iterator[Transaction]:

@@ -187,8 +187,7 @@ def test_two_processes_create_and_add_at_once(tmp_path, page_png):
     assert [worker.exitcode for worker in workers] == [0, 0]
     check_consistent(root)
     with Store.open(root) as store, store.read() as db:
-        step = int(db.execute("SELECT value FROM settings WHERE key = 'step'").fetchone()[0])
-        forgotten = int(db.execute("SELECT value FROM settings WHERE key = 'forgotten'").fetchone()[0])
+        step, forgotten = counter(db, "step"), counter(db, "forgotten")
         held = db.execute("SELECT count(*) FROM entries").fetchone()[0]
     assert step == 8 and held + forgotten == 8  # every add of both processes happened, once
 
@@ -200,9 +199,15 @@ def leftovers(root: Path) -> set[str]:
     return {path.name for path in (root / "images").iterdir()} - named
 
 
+def counter(db, key: str) -> int:
+    """A counter of the settings table: 'step' (adds so far) or 'forgotten'; 0 before its first."""
+    row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def adds_so_far(root: Path) -> int:
     with Store.open(root) as store, store.read() as db:
-        return int(db.execute("SELECT value FROM settings WHERE key = 'step'").fetchone()[0])
+        return counter(db, "step")
 
 
 @pytest.mark.slow
