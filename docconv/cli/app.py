@@ -1,4 +1,5 @@
-"""The ``docconv`` command: convert documents, plus the config, doctor, eval, models and rerender subcommands.
+"""The ``docconv`` command: convert documents, plus the compress, config, doctor, eval, memory, models and
+rerender subcommands.
 
 ``docconv FILE...`` converts (the ``convert`` subcommand is implied), so the everyday call
 needs no subcommand. Each subcommand is a module of this package; this one assembles them and
@@ -23,6 +24,7 @@ from docconv.cli.convert import convert
 from docconv.cli.doctor import doctor_command
 from docconv.cli.evaluate import evaluate
 from docconv.cli.exit_codes import ExitCode
+from docconv.cli.memory import memory_app
 from docconv.cli.models import models_app
 from docconv.cli.rerender import rerender
 from docconv.cli.signals import Terminated, stop_on_sigterm
@@ -57,6 +59,7 @@ app.command("eval", no_args_is_help=True, epilog=exit_codes.describe(exit_codes.
 app.command("compress", no_args_is_help=True, epilog=exit_codes.describe(exit_codes.COMPRESS))(compress)
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+app.add_typer(memory_app, name="memory")
 
 
 def _version(value: bool) -> None:

@@ -10,6 +10,7 @@ from enum import Enum
 
 from deepseek_ocr.modes import MODES
 from docconv.compress import COMPRESS_MODES
+from docconv.memory.schedule import CLOCKS
 from docconv.output import options as output_options
 from docconv.run.modes import AUTO
 from docconv.run.options import TASKS
@@ -25,6 +26,7 @@ Task = _choices("Task", TASKS)
 Format = _choices("Format", output_options.FORMATS)
 TablesFormat = _choices("TablesFormat", output_options.TABLE_FORMATS)
 RenderTask = _choices("RenderTask", output_options.TASKS)
+Clock = _choices("Clock", CLOCKS)
 
 
 def value_of(choice: Enum | None) -> str | None:

@@ -62,6 +62,17 @@ COMPRESS: Mapping[ExitCode, str] = {
     ExitCode.UNAVAILABLE: "the model's tokenizer could not be had",
 }
 
+#: ``docconv memory ...``.
+MEMORY: Mapping[ExitCode, str] = {
+    ExitCode.OK: "done",
+    ExitCode.FAILED: "the store cannot be used (not a memory store, damaged, busy), "
+    "or an entry does not exist or cannot fit the budget",
+    ExitCode.USAGE: "usage error",
+    ExitCode.UNAVAILABLE: "the tokenizer or the engine could not start",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
+}
+
 
 def describe(meanings: Mapping[ExitCode, str]) -> str:
     """One line for a command's help: ``Exit codes: 0 success; 1 ...``."""

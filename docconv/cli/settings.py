@@ -30,6 +30,8 @@ from deepseek_ocr.modes import DEFAULT_MAX_TILES, DEFAULT_MIN_TILES, MODES
 from docconv.cli.exit_codes import ExitCode
 from docconv.engines import ENGINES
 from docconv.engines.base import DEFAULT_ENGINE, DEFAULT_GENERATION
+from docconv.memory.memory import NO_BUDGET
+from docconv.memory.schedule import CLOCKS, STEPS, TIME, Schedule, ScheduleError
 from docconv.models.registry import DEFAULT_MODEL
 from docconv.output import options as output_options
 from docconv.run.modes import AUTO, DEFAULT_MAX_RATIO
@@ -84,6 +86,11 @@ class Settings:
     page_separator: str = output_options.DEFAULT_PAGE_SEPARATOR
     tables_format: str = output_options.TABLE_FORMATS[0]
     keep_headers: bool = False
+    #: ``docconv memory``: the forgetting schedule (None: the clock's default), its clock, and
+    #: the vision-token budget (0: none) a new store starts with.
+    memory_schedule: str | None = None
+    memory_clock: str = STEPS
+    memory_budget: int = NO_BUDGET
     #: key -> where its value came from: "default", "file", "env DOCCONV_X" or "command line".
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -118,6 +125,16 @@ def _non_empty(value: Any) -> str | None:
     return None if value.strip() else "expected a non-empty value"
 
 
+def _schedule(value: Any) -> str | None:
+    # The time clock's syntax accepts every schedule (plain ages are seconds there); the command
+    # checks it again on the store's own clock.
+    try:
+        Schedule.parse(value, TIME)
+    except ScheduleError as error:
+        return str(error)
+    return None
+
+
 #: Range and choice checks per key (types are checked from the field annotations).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model": _non_empty,
@@ -136,6 +153,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "max_tiles": _at_least(DEFAULT_MIN_TILES, DEFAULT_MAX_TILES),
     "format": _one_of(*output_options.FORMATS),
     "tables_format": _one_of(*output_options.TABLE_FORMATS),
+    "memory_schedule": _schedule,
+    "memory_clock": _one_of(*CLOCKS),
+    "memory_budget": _at_least(0),
 }
 
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.name != "sources")
@@ -144,8 +164,9 @@ DEFAULTS = Settings()
 _TYPES: dict[str, type] = {key: type(getattr(DEFAULTS, key)) for key in KEYS} | {
     "dpi": int,
     "batch_size": int,
+    "memory_schedule": str,
 }
-_NULLABLE = frozenset({"dpi", "batch_size"})
+_NULLABLE = frozenset({"dpi", "batch_size", "memory_schedule"})
 
 
 def config_dir() -> Path:
