@@ -285,8 +285,14 @@ class DeepseekOcrForConditionalGeneration(DeepseekOcrPreTrainedModel, Generation
             logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
-        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+    def prepare_inputs_for_generation(
+        self, *args, inputs_embeds: torch.Tensor | None = None, is_first_iteration: bool | None = False, **kwargs
+    ):
+        """``inputs_embeds`` (named so generate accepts them) feed the prefill: DeepSeek-OCR-2's
+        image embeddings reach the decoder that way (:mod:`.ocr2`)."""
+        inputs = super().prepare_inputs_for_generation(
+            *args, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         if not is_first_iteration:
             for name in VISION_INPUTS:
                 inputs.pop(name, None)
