@@ -139,6 +139,18 @@ def decode_rate(model, prompt: torch.Tensor, new_tokens: int, **kwargs) -> float
     return streamer.decode_rate()
 
 
+def fast_paths(model: torch.nn.Module) -> dict[str, int]:
+    """How many modules run each CPU variant or kernel-format linear (none for transformers)."""
+    from deepseek_ocr.cpu import CpuVariant
+    from deepseek_ocr.cpu.linear import KernelLinear
+
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, (CpuVariant, KernelLinear)):
+            counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    return counts
+
+
 def load(setting: str, checkpoint: Path):
     from deepseek_ocr.loading import RuntimePlan
 
@@ -180,7 +192,9 @@ def main() -> None:
         loaded = time.perf_counter() - started
         rate = decode_rate(model, prompt, args.new_tokens, **kwargs)
         record = {"setting": setting, "load_s": round(loaded, 1), "decode_tok_s": round(rate, 2)}
-        record.update(threads=torch.get_num_threads(), new_tokens=args.new_tokens)
+        record.update(
+            threads=torch.get_num_threads(), new_tokens=args.new_tokens, fast_paths=fast_paths(model)
+        )
         print(json.dumps(record), flush=True)
         del model, kwargs
         gc.collect()

@@ -16,6 +16,7 @@ every expert stacked, gate rows above up rows). Both are read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -46,6 +47,8 @@ from .loading import (
     weight_files,
 )
 from .modeling import DeepseekOcrForConditionalGeneration
+
+logger = logging.getLogger(__name__)
 
 OCR2_MODEL_TYPE = "deepseek_ocr2"
 
@@ -220,7 +223,8 @@ def load_ocr2_decoder(path: str | os.PathLike[str], plan: RuntimePlan) -> Deepse
     _read_remaining(model, read, plan.dtype)
     return_freed_memory()
     store_routers_in_float32(model)
-    attach_fast_paths(model)
+    for fast_path in attach_fast_paths(model):
+        logger.info("fast path: %s", fast_path)
     return model.eval()
 
 

@@ -212,8 +212,11 @@ def test_cpu_pages_decode_in_docconvs_decoder_with_its_fast_paths(engine: Deepse
     assert any(type(module) is CpuMoeMlp for module in engine.decoder.modules())
     assert len(engine.model.model.language_model.layers) == 0  # OCR-2's text layers not held twice
     calls = []
-    engine.decoder.register_forward_hook(lambda *args: calls.append(1))
-    engine.generate([PageJob(PAGES["gray"], "base", PROMPT, max_new_tokens=2)])
+    hook = engine.decoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        engine.generate([PageJob(PAGES["gray"], "base", PROMPT, max_new_tokens=2)])
+    finally:
+        hook.remove()
     assert calls
 
 
