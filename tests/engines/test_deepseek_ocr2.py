@@ -210,7 +210,11 @@ def test_cpu_pages_decode_in_docconvs_decoder_with_its_fast_paths(engine: Deepse
     # The generate/logits comparisons above then hold for this path: transformers' vision, docconv's decoder.
     assert isinstance(engine.decoder, DeepseekOcrForConditionalGeneration)
     assert any(type(module) is CpuMoeMlp for module in engine.decoder.modules())
-    assert len(engine.model.model.language_model.layers) == 0  # OCR-2's text layers not held twice
+    # OCR-2's text weights are not held twice: transformers' side keeps the vision part only.
+    assert len(engine.model.model.language_model.layers) == 0
+    assert not any(
+        parameter.shape[0] == engine.decoder.config.vocab_size for parameter in engine.model.parameters()
+    )
     calls = []
     hook = engine.decoder.register_forward_hook(lambda *args: calls.append(1))
     try:
