@@ -62,7 +62,7 @@ class DeepseekOcrPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, MoeRouter):
             init.normal_(module.weight, std=std)
-        elif isinstance(module, DeepseekOcrModel):
+        elif isinstance(module, DeepseekOcrModel) and module.has_vision:
             init.normal_(module.vision_model.embeddings.class_embedding, std=std)
             init.normal_(module.image_newline, std=std)
             init.normal_(module.view_seperator, std=std)
@@ -71,13 +71,17 @@ class DeepseekOcrPreTrainedModel(PreTrainedModel):
 class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
     """Vision encoders, projector and decoder stack (everything under the ``model.`` prefix)."""
 
-    def __init__(self, config: DeepseekOcrConfig):
+    def __init__(self, config: DeepseekOcrConfig, vision: bool = True):
+        """``vision=False``: the decoder alone, for a checkpoint whose vision part is another
+        model's (DeepSeek-OCR-2's decoder, :mod:`.ocr2`); it reads ``inputs_embeds`` and token ids only."""
         super().__init__(config)
-        self.sam_model = SamEncoder(config.sam)
-        self.vision_model = ClipVisionModel(config.clip)
-        self.projector = Projector(config.projector_input_dim, config.hidden_size)
-        self.image_newline = nn.Parameter(torch.zeros(config.hidden_size))
-        self.view_seperator = nn.Parameter(torch.zeros(config.hidden_size))  # sic: checkpoint spelling
+        self.has_vision = vision
+        if vision:
+            self.sam_model = SamEncoder(config.sam)
+            self.vision_model = ClipVisionModel(config.clip)
+            self.projector = Projector(config.projector_input_dim, config.hidden_size)
+            self.image_newline = nn.Parameter(torch.zeros(config.hidden_size))
+            self.view_seperator = nn.Parameter(torch.zeros(config.hidden_size))  # sic: checkpoint spelling
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -157,6 +161,8 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
         embeds = self.embed_tokens(input_ids)
         if pixel_values is None:
             return embeds
+        if not self.has_vision:
+            raise ValueError("this decoder has no vision part: pass inputs_embeds with the image embeddings")
         if images_seq_mask is None or images_spatial_crop is None:
             raise ValueError("pixel_values need images_seq_mask and images_spatial_crop")
         vision = torch.cat(self.image_embeddings(pixel_values, pixel_values_tiles, images_spatial_crop))
@@ -226,9 +232,9 @@ class DeepseekOcrModel(DeepseekOcrPreTrainedModel):
 class DeepseekOcrForConditionalGeneration(DeepseekOcrPreTrainedModel, GenerationMixin):
     """DeepSeek-OCR with its language-model head; ``generate`` reads pages greedily."""
 
-    def __init__(self, config: DeepseekOcrConfig):
+    def __init__(self, config: DeepseekOcrConfig, vision: bool = True):
         super().__init__(config)
-        self.model = DeepseekOcrModel(config)
+        self.model = DeepseekOcrModel(config, vision=vision)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
@@ -279,8 +285,14 @@ class DeepseekOcrForConditionalGeneration(DeepseekOcrPreTrainedModel, Generation
             logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
-        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+    def prepare_inputs_for_generation(
+        self, *args, inputs_embeds: torch.Tensor | None = None, is_first_iteration: bool | None = False, **kwargs
+    ):
+        """``inputs_embeds`` (named so generate accepts them) feed the prefill: DeepSeek-OCR-2's
+        image embeddings reach the decoder that way (:mod:`.ocr2`)."""
+        inputs = super().prepare_inputs_for_generation(
+            *args, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         if not is_first_iteration:
             for name in VISION_INPUTS:
                 inputs.pop(name, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import platform
 import sys
 from collections.abc import Callable, Iterator
@@ -165,24 +166,19 @@ def _plan_rows(settings: Settings) -> Iterator[Row]:
     if plan_runtime is None:
         yield "would use", UNKNOWN
         return
+    quant = settings.quant
     if family == DEEPSEEK_OCR2_FAMILY:
-        # transformers' OCR-2 classes: no v1 config to size, no automatic 4-bit, no int4 kernel.
-        if settings.quant == "int4":
-            yield (
-                "would use",
-                "cannot start: --quant int4 does not run DeepSeek-OCR-2; use none, 8bit or 4bit",
-            )
-            return
-        quant = "none" if settings.quant == "auto" else settings.quant
-        config, note = None, "DeepSeek-OCR-2 through transformers: --quant auto is none"
+        config, note = _ocr2_decoder_config(settings.model)
     else:
-        quant = settings.quant
         config, note = _model_config(engine, settings.model)
     try:
         plan = plan_runtime(settings.device, settings.dtype, quant, settings.attn, config)
     except Exception as error:  # noqa: BLE001 - e.g. --device cuda without CUDA: the user must see why
         yield "would use", f"cannot start: {error}"
         return
+    if family == DEEPSEEK_OCR2_FAMILY and plan.device != "cpu" and quant == "auto":
+        # Off the CPU, transformers runs OCR-2 whole and quant auto is full precision.
+        plan = plan_runtime(settings.device, settings.dtype, "none", settings.attn, config)
     dtype = getattr(plan, "dtype_name", str(plan.dtype).removeprefix("torch."))
     yield "would use", f"device {plan.device}, dtype {dtype}, quant {plan.quant}, attention {plan.attn}"
     yield "because", "; ".join(part for part in (plan.reason, note) if part)
@@ -210,6 +206,21 @@ def _model_config(engine: Any, model: str) -> tuple[Any, str]:
         return load_config(directory), ""
     except Exception as error:  # noqa: BLE001 - a broken checkpoint is worth a row, not a crash
         return None, f"model config unreadable: {error}"
+
+
+def _ocr2_decoder_config(model: str) -> tuple[Any, str]:
+    """OCR-2's decoder config when the checkpoint is on disk: on the CPU that decoder runs in
+    deepseek_ocr, and quant auto weighs its size against free memory as for v1."""
+    note = "DeepSeek-OCR-2 through transformers; on the CPU its decoder runs in deepseek_ocr (int4, coded bfloat16)"
+    directory = _local_model_dir(model)
+    ocr2 = _optional_module("deepseek_ocr.ocr2")
+    if directory is None or ocr2 is None:
+        return None, note
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        return ocr2.decoder_config(raw), note
+    except Exception as error:  # noqa: BLE001 - a broken checkpoint is worth a row, not a crash
+        return None, f"{note}; model config unreadable: {error}"
 
 
 def _local_model_dir(model: str) -> Path | None:

@@ -16,10 +16,18 @@ tile, 2-6 tiles of 768 pixels (144 queries each), and one view-separator positio
   ``base_size`` (1024, ``ImageOps.pad``: aspect kept, grey letterbox) and tiles nothing when the
   page fits one tile; ``base`` does that for every page, by giving the processor's no-crop path
   the global view's size.
+
+On the CPU (quant none, int4 or auto), OCR-2's decoder is ``deepseek_ocr``'s: the same
+DeepSeek-V2 MoE text model (:mod:`deepseek_ocr.ocr2`), so it decodes with docconv's CPU kernels
+(int4, exponent-coded bfloat16, fused decoder steps). transformers' OCR-2 still encodes the page
+(its vision tower, projector and view separator, loaded without its text layers) and the input
+embeddings are written as its own forward writes them. On a GPU, and for bitsandbytes, the whole
+model is transformers'.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -30,25 +38,38 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torch import nn
 from transformers import (
     AutoTokenizer,
     BitsAndBytesConfig,
+    DeepseekOcr2Config,
     DeepseekOcr2ForConditionalGeneration,
     DeepseekOcr2Processor,
     LogitsProcessorList,
 )
 from transformers.utils import logging as transformers_logging
 
+from deepseek_ocr import DeepseekOcrForConditionalGeneration
 from deepseek_ocr.generation import (
     GeneratedPage,
     SlidingWindowNoRepeatNGram,
     TokenCounter,
+    generate_pages,
     greedy_config,
     split_generated,
 )
-from deepseek_ocr.generation_settings import REPEATABLE_TOKENS
+from deepseek_ocr.generation_settings import REPEATABLE_TOKENS, GenerationSettings
 from deepseek_ocr.image_processing import load_image
-from deepseek_ocr.loading import CheckpointError, pick_attention, pick_device, pick_dtype
+from deepseek_ocr.loading import (
+    CheckpointError,
+    RuntimePlan,
+    pick_attention,
+    pick_device,
+    pick_dtype,
+    plan_runtime,
+    return_freed_memory,
+)
+from deepseek_ocr.ocr2 import decoder_config, load_ocr2_decoder
 from docconv.engines.base import (
     EngineError,
     EngineOptions,
@@ -130,14 +151,14 @@ def prepared_image(image: Image.Image) -> Image.Image:
 def load_ocr2_model(
     checkpoint: Path, options: EngineOptions
 ) -> tuple[DeepseekOcr2ForConditionalGeneration, str]:
-    """The model on its device, in its dtype and quantization; also the quantization used."""
+    """The whole model on its device through transformers, in its dtype and bitsandbytes
+    quantization; also the quantization used."""
     device = pick_device(options.device)
     dtype = pick_dtype(device, options.dtype)
     quant = "none" if options.quant == "auto" else options.quant
     if quant == "int4":
         raise CheckpointError(
-            "quant int4 is DeepSeek-OCR's own CPU kernel and does not run DeepSeek-OCR-2 yet; "
-            "use quant none, or quant 4bit / 8bit (bitsandbytes)"
+            "quant int4 is docconv's CPU kernel: use device cpu, or quant 4bit / 8bit on a GPU"
         )
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": pick_attention(device, options.attn)}
     if quant in _BITSANDBYTES:
@@ -149,6 +170,33 @@ def load_ocr2_model(
     if quant not in _BITSANDBYTES:
         model = model.to(device)
     return model.eval(), quant
+
+
+def cpu_decoding_plan(checkpoint: Path, options: EngineOptions) -> RuntimePlan | None:
+    """How docconv's CPU decoder runs OCR-2 (quant ``auto`` as for v1: full precision when it fits,
+    else int4), or None where transformers decodes (a GPU, bitsandbytes)."""
+    if pick_device(options.device) != "cpu" or options.quant not in ("none", "int4", "auto"):
+        return None
+    raw = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    # v1's memory estimate counts its own vision tower; OCR-2's, held beside the decoder, is a
+    # little larger (SAM and a 0.5B encoder), so the estimate is about right for the whole.
+    return plan_runtime("cpu", options.dtype, options.quant, options.attn, decoder_config(raw))
+
+
+def load_ocr2_vision(checkpoint: Path, plan: RuntimePlan) -> DeepseekOcr2ForConditionalGeneration:
+    """transformers' OCR-2 without its text layers: the vision tower, projector and view separator
+    that make the input embeddings (the decoder's weights are not read twice)."""
+    config = DeepseekOcr2Config.from_pretrained(checkpoint)
+    config.text_config.num_hidden_layers = 0
+    config.text_config.mlp_layer_types = []
+    model = DeepseekOcr2ForConditionalGeneration.from_pretrained(
+        checkpoint, config=config, dtype=plan.dtype, attn_implementation=plan.attn
+    )
+    # The token table and output head are the decoder's (129,280 x 1,280 each, 0.66 GB in
+    # bfloat16 together); image placeholders are found by token id, so neither is read here.
+    model.model.language_model.embed_tokens = nn.Identity()
+    model.lm_head = nn.Identity()
+    return model.eval()
 
 
 class DeepseekOcr2Engine:
@@ -164,7 +212,16 @@ class DeepseekOcr2Engine:
         checkpoint = resolve_checkpoint(options)
         try:
             self.processor = DeepseekOcr2Processor.from_pretrained(checkpoint)
-            self.model, self.quant = load_ocr2_model(checkpoint, options)
+            plan = cpu_decoding_plan(checkpoint, options)
+            #: docconv's CPU decoder, or None where transformers' generate decodes.
+            self.decoder: DeepseekOcrForConditionalGeneration | None = None
+            if plan is None:
+                self.model, self.quant = load_ocr2_model(checkpoint, options)
+            else:
+                self.model, self.quant = load_ocr2_vision(checkpoint, plan), plan.quant
+                self.decoder = load_ocr2_decoder(checkpoint, plan)
+                return_freed_memory()
+                log.info("DeepSeek-OCR-2 decodes with deepseek_ocr's CPU decoder (quant %s)", plan.quant)
         except (CheckpointError, OSError, ValueError) as error:
             raise EngineError(with_option_names(f"{checkpoint}: {error}")) from None
         # Decoder-only batches are padded on the left, so every row's next token is at the end.
@@ -224,10 +281,49 @@ class DeepseekOcr2Engine:
         return [output for output in outputs if output is not None]
 
     @torch.inference_mode()
+    def input_embeddings(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The decoder's input: token embeddings with OCR-2's image features over the image
+        placeholders, computed as transformers' ``DeepseekOcr2Model.forward`` does."""
+        ocr2 = self.model.model
+        embeds = self.decoder.get_input_embeddings()(inputs["input_ids"])
+        features = ocr2.get_image_features(
+            inputs["pixel_values"],
+            inputs.get("pixel_values_local"),
+            inputs.get("num_local_patches"),
+            return_dict=True,
+        ).pooler_output
+        features = torch.cat(features).to(embeds.dtype)
+        mask = ocr2.get_placeholder_mask(inputs["input_ids"], embeds, features)
+        return embeds.masked_scatter(mask, features)
+
+    @torch.inference_mode()
+    def next_token_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each row's logits for its first generated token, from whichever decoder this engine runs."""
+        if self.decoder is None:
+            return self.model(**inputs).logits[:, -1]
+        embeds = self.input_embeddings(inputs)
+        return self.decoder(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits[:, -1]
+
+    @torch.inference_mode()
     def greedy_pages(
         self, inputs: dict[str, torch.Tensor], job: PageJob, on_row_token: TokenCallback | None = None
     ) -> list[GeneratedPage]:
-        """transformers' ``generate``, greedy, with the repetition guard as a logits processor."""
+        """Greedy decoding with the repetition guard as a logits processor: docconv's CPU decoder
+        over OCR-2's input embeddings, or transformers' ``generate``."""
+        if self.decoder is not None:
+            return generate_pages(
+                self.decoder,
+                {
+                    "input_ids": inputs["input_ids"],
+                    "attention_mask": inputs["attention_mask"],
+                    "inputs_embeds": self.input_embeddings(inputs),
+                },
+                GenerationSettings(job.max_new_tokens, job.ngram_size, job.ngram_window),
+                eos_token_id=self.eos_token_id,
+                pad_token_id=self.pad_token_id,
+                exempt_ids=self._exempt_ids,
+                on_token=on_row_token,
+            )
         prompt_length = inputs["input_ids"].shape[1]
         processors = LogitsProcessorList()
         if job.ngram_size:

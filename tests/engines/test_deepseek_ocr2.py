@@ -16,10 +16,13 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 from transformers import DeepseekOcr2ForConditionalGeneration, DeepseekOcr2Processor, LogitsProcessorList
 
+from deepseek_ocr import DeepseekOcrForConditionalGeneration
+from deepseek_ocr.cpu.decoder import CpuMoeMlp
+from deepseek_ocr.cpu.int4 import Int4Linear
 from deepseek_ocr.generation import SlidingWindowNoRepeatNGram
 from deepseek_ocr.prompts import TASK_PROMPTS
 from docconv.engines import create_engine, engine_for_model
-from docconv.engines.base import EngineError, EngineOptions, PageJob
+from docconv.engines.base import EngineOptions, PageJob
 from docconv.engines.deepseek_ocr2 import OCR2_MODES, DeepseekOcr2Engine, Ocr2Geometry, ocr2_vision_budget
 from docconv.models.checkpoint import model_family
 
@@ -197,12 +200,36 @@ def test_engine_inputs_give_transformers_forward_logits(
         return_tensors="pt",
         **_reference_kwargs(mode),
     )
+    logits = engine.next_token_logits(inputs)
     with torch.inference_mode():
-        logits = engine.model(**inputs).logits[:, -1]
         expected = model(**expected_inputs).logits[:, -1]
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
 
 
-def test_int4_is_refused_with_what_runs_ocr2(tiny_ocr2_dir: Path) -> None:
-    with pytest.raises(EngineError, match="--quant int4 .* use --quant none, or --quant 4bit / 8bit"):
-        create_engine(EngineOptions(model=str(tiny_ocr2_dir), device="cpu", quant="int4"))
+def test_cpu_pages_decode_in_docconvs_decoder_with_its_fast_paths(engine: DeepseekOcr2Engine) -> None:
+    # The generate/logits comparisons above then hold for this path: transformers' vision, docconv's decoder.
+    assert isinstance(engine.decoder, DeepseekOcrForConditionalGeneration)
+    assert any(type(module) is CpuMoeMlp for module in engine.decoder.modules())
+    # OCR-2's text weights are not held twice: transformers' side keeps the vision part only.
+    assert len(engine.model.model.language_model.layers) == 0
+    assert not any(
+        parameter.shape[0] == engine.decoder.config.vocab_size for parameter in engine.model.parameters()
+    )
+    calls = []
+    hook = engine.decoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        engine.generate([PageJob(PAGES["gray"], "base", PROMPT, max_new_tokens=2)])
+    finally:
+        hook.remove()
+    assert calls
+
+
+def test_int4_reads_a_page(tiny_ocr2_dir: Path) -> None:
+    built = create_engine(
+        EngineOptions(model=str(tiny_ocr2_dir), device="cpu", dtype="float32", quant="int4")
+    )
+    assert built.quant == "int4"
+    assert isinstance(built.decoder.lm_head, Int4Linear)
+    [output] = built.generate([PageJob(PAGES["wide"], "gundam", PROMPT, max_new_tokens=NEW_TOKENS)])
+    assert output.text_tokens == NEW_TOKENS or output.stop_reason == "eos"
+    assert output.text or output.stop_reason == "eos"
