@@ -20,9 +20,22 @@ import typer
 
 from docconv.cli import exit_codes
 from docconv.cli.choices import Clock, value_of
+from docconv.cli.engine_options import (
+    AttnOption,
+    DeviceOption,
+    DtypeOption,
+    EngineKindOption,
+    MaxTilesOption,
+    MaxTokensOption,
+    ModelOption,
+    OfflineOption,
+    QuantOption,
+    engine_options,
+    engine_overrides,
+)
 from docconv.cli.exit_codes import ExitCode
 from docconv.cli.listing import JsonOption, print_json, print_table
-from docconv.cli.settings import DEFAULT, DEFAULTS, FILE, Settings, env_var, settings_or_exit
+from docconv.cli.settings import DEFAULT, DEFAULTS, FILE, Settings, settings_or_exit
 from docconv.engines import create_engine, text_token_counter
 from docconv.engines.base import EngineError, EngineOptions
 from docconv.fsutil import atomic_write_text
@@ -43,16 +56,6 @@ memory_app = typer.Typer(
 StoreArg = Annotated[
     Path, typer.Argument(help="The memory store: a directory (add creates it).", show_default=False)
 ]
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        metavar="ID|PATH",
-        help=f"Hub id or local checkpoint directory.  [env: {env_var('model')}; default: {DEFAULTS.model}]",
-        show_default=False,
-    ),
-]
-OfflineOption = Annotated[bool, typer.Option("--offline", help="Never download weights or tokenizer files.")]
 ScheduleOption = Annotated[
     str | None,
     typer.Option(
@@ -298,18 +301,19 @@ def recall_command(
         list[int] | None, typer.Argument(metavar="[ENTRY]...", help="Entry ids; default: all.")
     ] = None,
     model: ModelOption = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = None,
-    quant: Annotated[str | None, typer.Option("--quant", help="auto, none, 8bit, 4bit or int4.")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="auto, bfloat16, float16 or float32.")] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", min=1, help="Token limit per page.")
-    ] = None,
+    engine: EngineKindOption = None,
+    device: DeviceOption = None,
+    quant: QuantOption = None,
+    attn: AttnOption = None,
+    dtype: DtypeOption = None,
+    max_tiles: MaxTilesOption = None,
+    max_tokens: MaxTokensOption = None,
     offline: OfflineOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON record per entry and line.")] = False,
 ) -> None:
     """Read entries back from their current images with the engine: what the memory still holds."""
     settings = settings_or_exit(
-        {"model": model, "device": device, "quant": quant, "dtype": dtype, "max_tokens": max_tokens}
+        engine_overrides(model, engine, device, quant, attn, dtype, max_tiles, None, max_tokens, None, None)
     )
     with _opened(store) as memory:
         try:
@@ -319,19 +323,11 @@ def recall_command(
         if not wanted:
             return
         try:
-            engine = create_engine(
-                EngineOptions(
-                    model=settings.model,
-                    device=settings.device,
-                    quant=settings.quant,
-                    dtype=settings.dtype,
-                    offline=offline,
-                )
-            )
+            reader = create_engine(engine_options(settings, offline))
         except EngineError as error:
             _fail(f"the engine could not start: {error}", ExitCode.UNAVAILABLE)
         for entry in wanted:
-            recollection = memory.recall(entry, engine, max_new_tokens=settings.max_tokens)
+            recollection = memory.recall(entry, reader, max_new_tokens=settings.max_tokens)
             if as_json:
                 record = {"id": entry.id, "age": entry.age, "mode": entry.mode, "text": recollection.text}
                 sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
