@@ -53,7 +53,7 @@ KEEP_UNQUANTIZED_INT4 = VISION_MODULES
 _QUANT_BYTES = {"8bit": 1.0 + 4 / 1280, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256), "int4": 0.5 + 4 / 64}
 
 #: Input features per block of bitsandbytes' CPU 4-bit kernels.
-_NF4_BLOCK = 64
+NF4_BLOCK = 64
 
 #: Activations, KV cache and allocator slack on top of the weights.
 _RUNTIME_HEADROOM = 1.15
@@ -211,7 +211,7 @@ def quantizable_linears(model: nn.Module, quant: str) -> dict[str, nn.Linear]:
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
         and not any(name.startswith(prefix) for prefix in keep)
-        and not (quant == "4bit" and module.in_features % _NF4_BLOCK)
+        and not (quant == "4bit" and module.in_features % NF4_BLOCK)
         and not (quant == "int4" and int4_group_size(module) is None)
     }
 

@@ -61,6 +61,7 @@ from deepseek_ocr.generation import (
 from deepseek_ocr.generation_settings import REPEATABLE_TOKENS, GenerationSettings
 from deepseek_ocr.image_processing import load_image
 from deepseek_ocr.loading import (
+    NF4_BLOCK,
     CheckpointError,
     RuntimePlan,
     pick_attention,
@@ -90,6 +91,11 @@ OCR2_MODES: tuple[str, ...] = ("base", "gundam")
 WHITE = (255, 255, 255)
 #: bitsandbytes loads the weights quantized through transformers' own config.
 _BITSANDBYTES = {"8bit": {"load_in_8bit": True}, "4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}}
+#: What bitsandbytes leaves in full precision: the vision side and the output head, as
+#: ``deepseek_ocr`` does for DeepSeek-OCR (the decoder holds most of the weights; the vision
+#: encoder's activations are where 8-bit outliers hurt, and bitsandbytes' CPU 8-bit product
+#: fails on its 4-D inputs).
+_KEEP_UNQUANTIZED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]  # from the name's start
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,20 @@ def prepared_image(image: Image.Image) -> Image.Image:
     return load_image(image, alpha_background=WHITE)
 
 
+def unquantizable_linears(checkpoint: Path, quant: str) -> list[str]:
+    """Linears bitsandbytes cannot quantize on the CPU: 4-bit packs blocks of ``NF4_BLOCK`` input
+    features (only tiny test checkpoints have layers that narrow)."""
+    if quant != "4bit":
+        return []
+    with torch.device("meta"):
+        model = DeepseekOcr2ForConditionalGeneration(DeepseekOcr2Config.from_pretrained(checkpoint))
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module.in_features % NF4_BLOCK
+    ]
+
+
 def load_ocr2_model(
     checkpoint: Path, options: EngineOptions
 ) -> tuple[DeepseekOcr2ForConditionalGeneration, str]:
@@ -163,7 +183,9 @@ def load_ocr2_model(
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": pick_attention(device, options.attn)}
     if quant in _BITSANDBYTES:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            **_BITSANDBYTES[quant], bnb_4bit_compute_dtype=dtype
+            **_BITSANDBYTES[quant],
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=_KEEP_UNQUANTIZED + unquantizable_linears(checkpoint, quant),
         )
         kwargs["device_map"] = device
     model = DeepseekOcr2ForConditionalGeneration.from_pretrained(checkpoint, **kwargs)

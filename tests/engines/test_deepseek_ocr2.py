@@ -233,3 +233,24 @@ def test_int4_reads_a_page(tiny_ocr2_dir: Path) -> None:
     [output] = built.generate([PageJob(PAGES["wide"], "gundam", PROMPT, max_new_tokens=NEW_TOKENS)])
     assert output.text_tokens == NEW_TOKENS or output.stop_reason == "eos"
     assert output.text or output.stop_reason == "eos"
+
+
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
+def test_bitsandbytes_quantizes_the_decoder_only_and_reads_a_page(tiny_ocr2_dir: Path, quant: str) -> None:
+    import bitsandbytes as bnb
+
+    built = create_engine(EngineOptions(model=str(tiny_ocr2_dir), device="cpu", dtype="float32", quant=quant))
+    assert built.quant == quant
+    quantized = {
+        name
+        for name, module in built.model.named_modules()
+        if isinstance(module, bnb.nn.modules.Linear8bitLt | bnb.nn.Linear4bit)
+    }
+    assert any(name.startswith("model.language_model.") for name in quantized)
+    # The vision side and the output head stay in full precision, as deepseek_ocr keeps DeepSeek-OCR's.
+    assert not any(
+        name.startswith(("model.vision_tower", "model.multi_modal_projector", "lm_head"))
+        for name in quantized
+    )
+    [output] = built.generate([PageJob(PAGES["gray"], "base", PROMPT, max_new_tokens=NEW_TOKENS)])
+    assert output.text_tokens == NEW_TOKENS or output.stop_reason == "eos"
