@@ -44,29 +44,12 @@ DEEPENCODER_V2 = {
     "num_key_value_heads": 2,
 }
 
-#: v1 reference keys that OCR-2's text config spells the same.
-_TEXT_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "moe_intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "n_routed_experts",
-    "n_shared_experts",
-    "num_experts_per_tok",
-    "routed_scaling_factor",
-    "topk_method",
-    "max_position_embeddings",
-    "bos_token_id",
-    "eos_token_id",
-)
-
 
 def text_config_from_reference() -> dict:
     reference = json.loads(REFERENCE_CONFIG.read_text(encoding="utf-8"))
-    text = {key: reference[key] for key in _TEXT_KEYS if key in reference}
+    from deepseek_ocr.ocr2 import SHARED_TEXT_KEYS
+
+    text = {key: reference[key] for key in SHARED_TEXT_KEYS if key in reference}
     dense = reference.get("first_k_dense_replace", 1)
     text["mlp_layer_types"] = ["dense"] * dense + ["sparse"] * (text["num_hidden_layers"] - dense)
     return text

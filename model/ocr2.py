@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 OCR2_MODEL_TYPE = "deepseek_ocr2"
 
 #: OCR-2 text-config keys that mean the same in :class:`~.configuration.DeepseekOcrConfig`.
-_SAME_KEYS = (
+SHARED_TEXT_KEYS = (
     "vocab_size",
     "hidden_size",
     "intermediate_size",
@@ -106,7 +106,7 @@ def decoder_config(raw: Mapping[str, Any]) -> DeepseekOcrConfig:
     """The decoder's configuration from an OCR-2 ``config.json`` (its ``text_config``); raises
     ``ValueError`` for a text model this decoder does not compute."""
     text = raw.get("text_config") or {}
-    values = {key: text[key] for key in _SAME_KEYS if key in text}
+    values = {key: text[key] for key in SHARED_TEXT_KEYS if key in text}
     rope = text.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"rope_type {rope['rope_type']!r}: only plain rotary positions are implemented")
