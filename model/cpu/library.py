@@ -3,7 +3,8 @@ machine, called through ctypes.
 
 It multiplies activations by the two kernel weight formats (int4, :mod:`.int4`, and
 exponent-coded bfloat16, :mod:`.exponent_coding`) and runs whole decoding steps of one token
-on them; where the CPU has AMX it also runs SAM's bfloat16 attention (:mod:`.sam`). Weights
+on them; it also runs SAM's attention (:mod:`.sam`): float32 on the variant's vectors, and
+bfloat16 where the CPU has AMX. Weights
 reach it as descriptors: eight int64 naming the format, the shape and the addresses of the
 weight's tensors (see ``Weight`` in the C source and
 :meth:`KernelLinear.descriptor <deepseek_ocr.cpu.linear.KernelLinear.descriptor>`).
@@ -91,6 +92,9 @@ _X86_NEEDS = {
 #: The vector instruction set each variant's products use where AVX-512's are not there.
 _VECTOR_ISA = {"amx": "AVX2", "avx512": "AVX2", "avx2": "AVX2", "neon": "NEON"}
 
+#: The vectors SAM's float32 attention runs on, per variant (it takes the widest the build has).
+_ATTENTION_ISA = {"amx": "AVX-512", "avx512": "AVX-512", "avx2": "AVX2", "neon": "NEON"}
+
 #: kernel_variant()'s numbers.
 _VARIANT_NUMBERS = {4: "amx", 3: "avx512", 2: "avx2", 1: "neon", 0: "portable"}
 
@@ -108,6 +112,8 @@ class CpuKernel:
         self._bind("kernel_use_amx", None, [_I32])
         self._bind("sam_attention", _I32, [_POINTER, _I64, _I64, _I64, _I64, _POINTER, _POINTER, _I64, _I64, _F32,
                                            _POINTER, _I32])  # fmt: skip
+        self._bind("sam_attention_f32", _I32, [_POINTER, _I64, _I64, _I64, _I64, _I64, _I64, _POINTER, _POINTER,
+                                               _POINTER, _F32, _POINTER, _I32])  # fmt: skip
         features = library.kernel_features()
         #: The instruction sets the library was built for (one of :data:`VARIANTS`).
         self.variant = _VARIANT_NUMBERS[library.kernel_variant()]
@@ -120,6 +126,9 @@ class CpuKernel:
         self.bf16_dot = bool(features & 8)
         #: The instruction set of the vector products: what ``docconv doctor`` names.
         self.int4_isa = "AVX-512 VNNI" if features & 16 else _VECTOR_ISA.get(self.variant, "")
+        #: SAM's float32 attention on vectors (every variant but portable, whose plain loops torch's
+        #: vectorised SDPA outruns): the instruction set it runs on, else None.
+        self.float32_attention = _ATTENTION_ISA.get(self.variant)
         self.use_amx(os.environ.get(AMX_SWITCH, "1") != "0")
         self._bind("kernel_linear", _I32, [_POINTER, _I32, _I64, _POINTER, _POINTER, _I32, _I32, _I32])
         self._bind("kernel_linear_many", _I32, [_POINTER, _I32, _I32, _I32, _I32])
@@ -221,19 +230,45 @@ class CpuKernel:
     def sam_attention(
         self, qkv: torch.Tensor, heads: int, rel_h: torch.Tensor, rel_w: torch.Tensor, out: torch.Tensor
     ) -> bool:
-        """SAM's attention with decomposed relative positions over (b, h, w) maps, bfloat16; False if refused.
+        """SAM's bfloat16 attention with decomposed relative positions over (b, h, w) maps, on AMX
+        (where :attr:`amx_attention`); False if refused.
 
         ``qkv``: the qkv projection's contiguous (b, h, w, 3 * width) output; ``rel_h``, ``rel_w``:
         contiguous (b, heads, h, w, h) and (b, heads, h, w, w) bias terms; ``out``: (b, h, w,
         width), written. Scores are scaled by head_dim ** -0.5.
         """
-        if any(t.dtype != torch.bfloat16 or not t.is_contiguous() for t in (qkv, rel_h, rel_w, out)):
+        if not self.amx_attention or any(t.dtype != torch.bfloat16 or not t.is_contiguous() for t in (qkv, rel_h, rel_w, out)):
             return False
         b, h, w, width = out.shape
         head_dim = width // heads
         status = self._sam_attention(
             qkv.data_ptr(), b, h * w, heads, head_dim, rel_h.data_ptr(), rel_w.data_ptr(), h, w, head_dim**-0.5,
             out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return status == 0
+
+    def sam_attention_float32(
+        self, qkv: torch.Tensor, heads: int, window: int, rel_h: torch.Tensor, rel_w: torch.Tensor,
+        bias: torch.Tensor | None, out: torch.Tensor,
+    ) -> bool:  # fmt: skip
+        """SAM's float32 attention over (b, h, w) maps, on the variant's vectors (where
+        :attr:`float32_attention`), relative-position terms and windows included; False if refused.
+
+        ``qkv``: the qkv projection's contiguous (b, h, w, 3 * width) output; ``window``: 0 for
+        attention over the whole map, else within window x window squares of the map padded to
+        whole windows, a padded position's projections being ``bias`` (3 * width,; None: zeros);
+        ``rel_h``, ``rel_w``: get_rel_pos's (size, size, head_dim) tables for the window's (or the
+        map's) height and width; ``out``: (b, h, w, width), written. Scores are scaled by
+        head_dim ** -0.5.
+        """
+        tensors = (qkv, rel_h, rel_w, out) if bias is None else (qkv, rel_h, rel_w, out, bias)
+        if self.float32_attention is None or any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
+            return False
+        b, h, w, width = out.shape
+        head_dim = width // heads
+        status = self._sam_attention_f32(
+            qkv.data_ptr(), b, h, w, heads, head_dim, window, rel_h.data_ptr(), rel_w.data_ptr(),
+            bias.data_ptr() if bias is not None else None, head_dim**-0.5, out.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return status == 0
 
@@ -306,7 +341,8 @@ def describe() -> str:
         bf16 = "bfloat16 exponent-coded on AVX512-BF16" + (", batches on AMX" if kernel.amx_bf16 else "")
     else:
         bf16 = f"bfloat16 exponent-coded, widened to float32 on {_VECTOR_ISA[kernel.variant]}"
-    attention = "; SAM attention on AMX" if kernel.amx_attention else ""
+    sam = ["bfloat16 on AMX" if kernel.amx_attention else "", f"float32 on {kernel.float32_attention}" if kernel.float32_attention else ""]  # fmt: skip
+    attention = f"; SAM attention {' and '.join(filter(None, sam))}" if any(sam) else ""
     return f"built, variant {kernel.variant} ({why}); {int4}; {bf16}{attention} ({kernel.library._name})"
 
 

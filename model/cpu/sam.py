@@ -1,9 +1,9 @@
-"""SAM's CPU variants: oneDNN's fused linear for its bfloat16 linears, and its attention on AMX.
+"""SAM's CPU variants: oneDNN's fused linear for its bfloat16 linears, and its attention in docconv's kernel.
 
-- :class:`CpuSamAttention`: the qkv and output projections through oneDNN's fused linear (bias
-  fused), and the attention in docconv's kernel on AMX tiles where the CPU has them (head_dim
-  64, SAM-B's), adding the relative-position bias in cache instead of materialising it for
-  torch's SDPA.
+- :class:`CpuSamAttention`: the attention in docconv's kernel (head_dim 64, SAM-B's), adding the
+  relative-position bias in cache instead of materialising it for torch's SDPA: float32 on the
+  kernel variant's vectors (AVX2, AVX-512, NEON), bfloat16 on AMX tiles where the CPU has them;
+  and a bfloat16 model's qkv and output projections through oneDNN's fused linear (bias fused).
 - :class:`CpuSamMlp`: lin1 with its GELU fused, and lin2, through oneDNN's fused linear.
 
 Each falls back to its modeling class's torch path where its conditions do not hold; the
@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sam import SamAttention, SamMlp
+from ..sam import SamAttention, SamMlp, get_rel_pos, in_windows
 from . import CpuVariant, library
 
 logger = logging.getLogger(__name__)
 
-#: The head size the kernel's AMX attention is written for (SAM-B's: 768 / 12).
-AMX_HEAD_DIM = 64
+#: The head size the kernel's attention is written for (SAM-B's: 768 / 12).
+KERNEL_HEAD_DIM = 64
 
 #: Set to 0 to keep SAM's bfloat16 linears off oneDNN's fused linear: they then run on torch's
 #: linear (and GELU), as they do where this CPU or torch build refuses the fused op.
@@ -117,26 +117,51 @@ def _bfloat16_on_cpu(layer: nn.Linear) -> bool:
 
 
 class CpuSamAttention(CpuVariant, SamAttention):
-    """SAM's attention with its linears on oneDNN and its attention on AMX, each where it runs."""
+    """SAM's attention in docconv's kernel and, in bfloat16, its linears on oneDNN, each where it runs."""
 
     @classmethod
     def applies(cls, module: nn.Module) -> str | None:
-        if not _bfloat16_on_cpu(module.qkv):
+        weight = module.qkv.weight
+        if weight.device.type != "cpu" or weight.dtype not in (torch.bfloat16, torch.float32):
             return None
         kernel = library.load()
+        in_kernel = kernel is not None and module.head_dim == KERNEL_HEAD_DIM
+        if weight.dtype == torch.float32:
+            on = kernel.float32_attention if in_kernel else None
+            return f"SAM attention in float32 on {on}" if on else None
         uses = [
-            "attention on AMX" if kernel is not None and kernel.amx_attention and module.head_dim == AMX_HEAD_DIM else "",
+            "attention on AMX" if in_kernel and kernel.amx_attention else "",
             "linears on oneDNN" if onednn_linear() is not None else "",
         ]
         return "SAM " + " and ".join(filter(None, uses)) if any(uses) else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, window: int = 0) -> torch.Tensor:
         qkv = linear(self.qkv, x)  # (b, h, w, 3 * width): (3, heads, head_dim) per position
+        out = self._attend_float32(qkv, window)
+        if out is None:
+            out = in_windows(qkv, window, self.qkv.bias, self.attend)
+        return linear(self.proj, out)
+
+    def _attend_float32(self, qkv: torch.Tensor, window: int) -> torch.Tensor | None:
+        """(b, h, w, width) from the kernel's float32 attention, which takes the windows and the
+        relative-position terms on itself, reading ``qkv`` in place; None where it does not run."""
+        if qkv.dtype != torch.float32 or qkv.device.type != "cpu" or qkv.requires_grad:
+            return None
+        kernel = library.load()
+        if kernel is None or kernel.float32_attention is None:
+            return None
+        b, h, w, width = qkv.shape[0], qkv.shape[1], qkv.shape[2], qkv.shape[3] // 3
+        size_h, size_w = (window, window) if window else (h, w)
+        rel_h = get_rel_pos(size_h, size_h, self.rel_pos_h).contiguous()  # (size_h, size_h, head_dim)
+        rel_w = get_rel_pos(size_w, size_w, self.rel_pos_w).contiguous()
+        out = qkv.new_empty(b, h, w, width)
+        done = kernel.sam_attention_float32(qkv.contiguous(), self.num_heads, window, rel_h, rel_w, self.qkv.bias, out)
+        return out if done else None
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         rel_h, rel_w = self.relative_terms(qkv)
         out = self._attend_on_amx(qkv, rel_h, rel_w)
-        if out is None:
-            out = self._attend(qkv, rel_h, rel_w)
-        return linear(self.proj, out)
+        return out if out is not None else self._attend(qkv, rel_h, rel_w)
 
     def _attend_on_amx(self, qkv: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor | None:
         """(b, h, w, width) from the CPU kernel's attention (bfloat16 on AMX), or None where it does not run."""

@@ -1,4 +1,5 @@
-"""SAM's bfloat16 attention on AMX (cpu/kernels/cpu_attention.c) against exact float32 attention and torch's path."""
+"""SAM's attention in docconv's kernel (cpu/kernels/cpu_attention.c), bfloat16 on AMX and float32 on the
+variant's vectors, against exact attention and torch's path; and the windows' padding."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from deepseek_ocr.configuration import SamConfig
 from deepseek_ocr.cpu import library
 from deepseek_ocr.cpu.dispatch import attach_fast_paths
 from deepseek_ocr.cpu.sam import CpuSamAttention
-from deepseek_ocr.sam import SamAttention
+from deepseek_ocr.sam import SamAttention, window_partition, window_unpartition
 
 
 @pytest.fixture
@@ -88,12 +89,135 @@ def test_the_module_follows_float32_on_amx_and_amx_can_be_switched_off(kernel):
     assert not torch.equal(on_amx, on_torch)
 
 
-def test_head_dims_other_than_64_and_float32_stay_on_torch(kernel):
+def test_head_dims_other_than_64_stay_on_torch(kernel):
     attention = SamAttention(SamConfig(width=64, heads=2), rel_pos_size=8).to(torch.bfloat16)  # head_dim 32
     assert not any("AMX" in line for line in attach_fast_paths(attention))
+    float32 = SamAttention(SamConfig(width=64, heads=2), rel_pos_size=8)
+    assert not any("attention" in line for line in attach_fast_paths(float32))
     attention.__class__ = CpuSamAttention  # as if attached: the kernel itself refuses these too
     qkv = torch.randn(1, 8, 8, 192).to(torch.bfloat16)
     rel = attention.relative_terms(qkv)
     with torch.inference_mode():
         assert attention._attend_on_amx(qkv, *rel) is None
-        assert attention.float()._attend_on_amx(qkv.float(), *(t.float() for t in rel)) is None
+        assert attention.float()._attend_float32(qkv.float(), 0) is None
+
+
+# ---- float32 ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def float32_kernel():
+    kernel = library.load()
+    if kernel is None or kernel.float32_attention is None:
+        pytest.skip("the kernel's portable variant (or no kernel): SAM's float32 attention stays on torch")
+    return kernel
+
+
+def float32_module(heads: int, size: int, seed: int) -> SamAttention:
+    torch.manual_seed(seed)
+    attention = SamAttention(SamConfig(width=64 * heads, heads=heads), rel_pos_size=size)
+    with torch.no_grad():
+        for table in (attention.rel_pos_h, attention.rel_pos_w):
+            table.normal_(std=0.3)
+    return attention
+
+
+def test_float32_attention_is_attached_exactly_where_the_kernel_has_vectors():
+    kernel = library.load()
+    attached = attach_fast_paths(float32_module(heads=2, size=8, seed=0))
+    if kernel is not None and kernel.variant != "portable":
+        assert attached == [f"SAM attention in float32 on {kernel.float32_attention}"]
+        assert kernel.float32_attention in ("AVX2", "AVX-512", "NEON")
+    else:
+        assert attached == []
+
+
+@pytest.mark.parametrize(
+    ("batch", "heads", "h", "w"),
+    [
+        pytest.param(1, 3, 48, 48, id="global-2304-keys"),
+        pytest.param(5, 2, 14, 14, id="windows-196-keys"),  # 196 = 8 x 24 + 4: a partial block of queries
+        pytest.param(2, 2, 10, 13, id="non-square"),  # 13 keys a row: vector and scalar bias columns
+        pytest.param(1, 1, 1, 1, id="one-token"),
+    ],
+)
+def test_float32_kernel_attention_is_exact_attention_to_float32_rounding(float32_kernel, batch, heads, h, w):
+    attention = float32_module(heads, max(h, w), seed=h * w)
+    attach_fast_paths(attention)
+    x = torch.randn(batch, h, w, attention.qkv.in_features)
+    with torch.inference_mode():
+        qkv = attention.qkv(x)
+        in_kernel = attention._attend_float32(qkv, 0)
+        on_torch = attention._attend(qkv, *attention.relative_terms(qkv))
+        exact = float64_attention(qkv, attention)
+    assert in_kernel is not None and in_kernel.shape == on_torch.shape == (batch, h, w, 64 * heads)
+    kernel_error, torch_error = [(out.double() - exact).abs() for out in (in_kernel, on_torch)]
+    # float32 rounds to 2^-24 relative; over thousands of keys both paths stay within ~10 of those.
+    scale = exact.abs().max()
+    assert kernel_error.max() <= 1e-5 * scale and kernel_error.mean() <= 3 * torch_error.mean() + 1e-9
+    if h * w > 1:
+        assert not torch.equal(in_kernel, on_torch)
+
+
+def float64_attention(qkv: torch.Tensor, attention: SamAttention) -> torch.Tensor:
+    """The attention of the float32 projections ``qkv``, in float64."""
+    b, h, w, _ = qkv.shape
+    qkv = qkv.double()
+    q, k, v = qkv.reshape(b, h * w, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    rel_h, rel_w = copy.deepcopy(attention).double().relative_terms(qkv)
+    bias = (rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2)).reshape(b, -1, h * w, h * w)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(b, h, w, -1)
+
+
+def official_windowed_attention(attention: SamAttention, x: torch.Tensor, window: int) -> torch.Tensor:
+    """SAM's own order (segment_anything's Block): zero-pad the normalised map to whole windows,
+    run the attention module (projections included) over each window, crop."""
+    size = (x.shape[1], x.shape[2])
+    windows, padded = window_partition(x, window)
+    return window_unpartition(attention(windows), window, padded, size)
+
+
+@pytest.mark.parametrize("size", [20, 14, 9])  # padded to 28 (6 a side), not padded, one padded window
+def test_windows_fill_the_padding_with_the_projections_of_zero_positions(size):
+    """The padded positions' projections are filled in from the qkv bias, not computed: the same
+    attention as SAM's zero padding, to float64 rounding."""
+    attention = float32_module(heads=2, size=7, seed=size).double()
+    with torch.no_grad():
+        attention.qkv.bias.normal_()  # a bias that matters: the padded keys are exactly it
+    x = torch.randn(2, size, size, attention.qkv.in_features, dtype=torch.float64)
+    with torch.inference_mode():
+        official = official_windowed_attention(attention, x, window=7)
+        ours = attention(x, window=7)
+        torch.testing.assert_close(ours, official, rtol=1e-12, atol=1e-12)
+        if size % 7:  # the padded keys take part: zeros there would change the edge windows
+            attention.qkv.bias.zero_()
+            assert not torch.allclose(attention(x, window=7), official)
+
+
+@pytest.mark.parametrize(
+    ("batch", "h", "w", "window", "qkv_bias"),
+    [
+        pytest.param(1, 20, 20, 14, True, id="padded-windows"),
+        pytest.param(2, 17, 23, 7, True, id="non-square-padded"),
+        pytest.param(1, 14, 14, 14, True, id="one-whole-window"),
+        pytest.param(1, 9, 12, 7, False, id="no-qkv-bias"),  # the padded positions' projections are zeros
+        pytest.param(2, 9, 11, 0, True, id="global"),
+    ],
+)
+def test_float32_windows_in_the_kernel_follow_sams_own_order(float32_kernel, batch, h, w, window, qkv_bias):
+    torch.manual_seed(h * w)
+    attention = SamAttention(SamConfig(width=128, heads=2, qkv_bias=qkv_bias), rel_pos_size=window or max(h, w))
+    with torch.no_grad():
+        for table in (attention.rel_pos_h, attention.rel_pos_w):
+            table.normal_(std=0.3)
+        if qkv_bias:
+            attention.qkv.bias.normal_()
+    attach_fast_paths(attention)
+    assert isinstance(attention, CpuSamAttention)
+    x = torch.randn(batch, h, w, attention.qkv.in_features)
+    with torch.inference_mode():
+        reference = copy.deepcopy(attention).double()
+        official = official_windowed_attention(reference, x.double(), window) if window else reference(x.double())
+        assert attention._attend_float32(attention.qkv(x), window) is not None
+        ours = attention(x, window)
+    assert (ours.double() - official).abs().max() <= 1e-5 * official.abs().max()

@@ -296,3 +296,267 @@ int sam_attention(const uint16_t *qkv, int64_t batch, int64_t tokens, int64_t he
     return -1;
 #endif
 }
+
+// ---- float32, on the build's vectors (AVX-512, AVX2 + FMA, NEON; plain C in the portable build) ----
+//
+// The same attention for a float32 model, where torch's route is flash attention with the bias
+// materialised as a float32 mask (64 MB per 64 query rows at 1024 px, written, then read). This
+// one also takes the relative-position terms and the windows on itself, reading the qkv
+// projection's (batch, H, W, 3 * width) map in place and writing the (batch, H, W, width) one:
+//   regions  the whole map (global blocks), or window x window squares over the map padded to
+//            whole windows (windowed blocks), as SAM's window_partition cuts them. A padded
+//            position's key and value are the qkv projection's bias (SAM pads the normalised map
+//            with zeros before projecting); its query is not computed (SAM drops its output).
+//   terms    rel_h[i, ky] = q_i . Rh[y_i, ky] and rel_w[i, kx] = q_i . Rw[x_i, kx] per query, with
+//            Rh, Rw the (size, size, 64) tables of get_rel_pos and (y_i, x_i) its place in the region
+// Work item: F32_QUERY_ROWS real queries of one (batch, region, head), whose keys and values are
+// packed once per thread:
+//   scores   S (rows, keys) = Q K^T in register blocks of F32_ROWS queries x F32_KEYS keys,
+//            keys packed transposed per block so that one key block serves every query block
+//   softmax  exact, over the whole row: s * scale + (rel_h + rel_w) (the bias summed in float32
+//            as torch sums it), max, exp, sum; P = exp(s - max) in place
+//   output   O (rows, 64) = P V in register blocks of F32_ROWS rows x F32_KEYS value columns,
+//            F32_KEY_SPAN keys at a time so that P's and V's slices stay in cache; then O / sum
+// Results differ from torch's route in float32 summation order only.
+
+#include "vectors.h"
+
+#define F32_ROWS 6            // query rows of one register block (12 accumulators + 3 operands fit AVX2's 16 registers)
+#define F32_KEYS (2 * VL)     // keys, or value columns, of one register block
+#define F32_QUERY_ROWS 24     // query rows of one work item: 4 register blocks
+#define F32_KEY_SPAN 256      // keys per pass of P V: a 24 x 256 slice of P and a 256 x 64 one of V
+
+typedef struct {
+    const float *qkv;   // (batch, height, width, 3, heads, 64)
+    const float *bias;  // (3, heads, 64): a padded position's projections; NULL for zeros
+    int64_t height, width, heads;
+    int64_t rh, rw;                // a region's size: the window, or the map
+    int64_t across, regions;       // regions per row of the padded map, and per image
+    int64_t tokens, padded, row;   // keys per region (rh * rw), rounded up to F32_KEYS, the scores' row
+                                   // stride (padded + 16: a register block's rows then do not share
+                                   // one L1 set at power-of-two key counts)
+    const float *rel_h, *rel_w;    // (rh, rh, 64) and (rw, rw, 64)
+    float scale;
+    float *out;  // (batch, height, width, heads, 64)
+} AttentionF32;
+
+typedef struct {
+    float *keys;    // (padded / F32_KEYS, 64, F32_KEYS): each block of keys transposed
+    float *values;  // (padded, 64), zero past the tokens
+    float *scores;  // (F32_QUERY_ROWS, row): scores, then probabilities
+    float *terms;   // (F32_QUERY_ROWS, rh + rw): each query's rel_h, then rel_w terms
+    int64_t packed;  // the (batch, region, head) the buffers hold, -1 for none
+} ScratchF32;
+
+// Where token ``t`` of region ``region`` of image ``batch`` is in the map; NULL for a padded position.
+static const float *region_token(const AttentionF32 *a, int64_t batch, int64_t region, int64_t t) {
+    const int64_t y = region / a->across * a->rh + t / a->rw, x = region % a->across * a->rw + t % a->rw;
+    if (y >= a->height || x >= a->width) return NULL;
+    return a->qkv + ((batch * a->height + y) * a->width + x) * 3 * a->heads * HEAD_DIM;
+}
+
+static void pack_head_f32(const AttentionF32 *a, ScratchF32 *s, int64_t batch, int64_t region, int64_t head) {
+    const int64_t width = a->heads * HEAD_DIM;
+    memset(s->keys, 0, (size_t)a->padded * HEAD_DIM * sizeof(float));
+    memset(s->values + a->tokens * HEAD_DIM, 0, (size_t)(a->padded - a->tokens) * HEAD_DIM * sizeof(float));
+    for (int64_t n = 0; n < a->tokens; n++) {
+        const float *at = region_token(a, batch, region, n);
+        float *values = s->values + n * HEAD_DIM;
+        if (at == NULL && a->bias == NULL) {
+            memset(values, 0, HEAD_DIM * sizeof(float));
+            continue;  // its key stays zero
+        }
+        const float *k = (at ? at : a->bias) + width + head * HEAD_DIM;
+        float *block = s->keys + n / F32_KEYS * HEAD_DIM * F32_KEYS + n % F32_KEYS;
+        for (int c = 0; c < HEAD_DIM; c++) block[c * F32_KEYS] = k[c];
+        memcpy(values, k + width, HEAD_DIM * sizeof(float));
+    }
+}
+
+static void query_scores_f32(const AttentionF32 *a, ScratchF32 *s, const float queries[F32_QUERY_ROWS][HEAD_DIM]) {
+    for (int64_t block = 0; block < a->padded / F32_KEYS; block++) {
+        const float *keys = s->keys + block * HEAD_DIM * F32_KEYS;
+        for (int first = 0; first < F32_QUERY_ROWS; first += F32_ROWS) {
+            vf acc[F32_ROWS][2];
+            for (int i = 0; i < F32_ROWS; i++) acc[i][0] = acc[i][1] = vf_set1(0.f);
+            for (int c = 0; c < HEAD_DIM; c++) {
+                const vf k0 = vf_load(keys + c * F32_KEYS), k1 = vf_load(keys + c * F32_KEYS + VL);
+#pragma GCC unroll 6
+                for (int i = 0; i < F32_ROWS; i++) {
+                    const vf q = vf_set1(queries[first + i][c]);
+                    acc[i][0] = vf_fma(q, k0, acc[i][0]);
+                    acc[i][1] = vf_fma(q, k1, acc[i][1]);
+                }
+            }
+            for (int i = 0; i < F32_ROWS; i++) {
+                float *at = s->scores + (first + i) * a->row + block * F32_KEYS;
+                vf_store(at, acc[i][0]);
+                vf_store(at + VL, acc[i][1]);
+            }
+        }
+    }
+}
+
+// The relative-position terms of a query at (y, x) in its region: terms[ky] = q . Rh[y, ky],
+// terms[rh + kx] = q . Rw[x, kx].
+static void relative_terms_f32(const AttentionF32 *a, const float *q, int64_t y, int64_t x, float *terms) {
+    for (int64_t ky = 0; ky < a->rh; ky++) terms[ky] = dot_floats(q, a->rel_h + (y * a->rh + ky) * HEAD_DIM, HEAD_DIM);
+    for (int64_t kx = 0; kx < a->rw; kx++)
+        terms[a->rh + kx] = dot_floats(q, a->rel_w + (x * a->rw + kx) * HEAD_DIM, HEAD_DIM);
+}
+
+// A row of scores -> its probabilities exp(s - max), zero past the tokens; returns their sum.
+static float softmax_row_f32(const AttentionF32 *a, float *row, const float *terms) {
+    const int64_t h = a->rh, w = a->rw;
+    const float *rel_h = terms, *rel_w = terms + h;
+    const vf scale = vf_set1(a->scale);
+    vf highest = vf_set1(-INFINITY);
+    float top = -INFINITY;
+    for (int64_t ky = 0; ky < h; ky++) {
+        float *at = row + ky * w;
+        const vf height = vf_set1(rel_h[ky]);
+        int64_t kx = 0;
+        for (; kx + VL <= w; kx += VL) {
+            const vf score = vf_fma(vf_load(at + kx), scale, vf_add(height, vf_load(rel_w + kx)));
+            vf_store(at + kx, score);
+            highest = vf_max(highest, score);
+        }
+        for (; kx < w; kx++) {
+            at[kx] = fmaf(at[kx], a->scale, rel_h[ky] + rel_w[kx]);
+            top = fmaxf(top, at[kx]);
+        }
+    }
+    top = fmaxf(top, vf_hmax(highest));
+    const vf shift = vf_set1(top);
+    vf total = vf_set1(0.f);
+    int64_t j = 0;
+    for (; j + VL <= a->tokens; j += VL) {
+        const vf p = vf_exp(vf_sub(vf_load(row + j), shift));
+        vf_store(row + j, p);
+        total = vf_add(total, p);
+    }
+    float sum = vf_sum(total);
+    for (; j < a->tokens; j++) sum += row[j] = exp_one(row[j] - top);
+    for (; j < a->padded; j++) row[j] = 0.f;
+    return sum;
+}
+
+// Real queries [first, first + rows) of a region (numbered row by row over its real part, ``across``
+// of them a row), for one head.
+static void attend_rows_f32(const AttentionF32 *a, ScratchF32 *s, int64_t batch, int64_t region, int64_t head,
+                            int64_t first, int64_t rows, int64_t across) {
+    const int64_t stride = a->rh + a->rw;
+    _Alignas(64) float queries[F32_QUERY_ROWS][HEAD_DIM];
+    memset(queries, 0, sizeof queries);
+    float *outputs[F32_QUERY_ROWS];
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t y = (first + r) / across, x = (first + r) % across;
+        const float *at = region_token(a, batch, region, y * a->rw + x);
+        memcpy(queries[r], at + head * HEAD_DIM, sizeof queries[r]);
+        outputs[r] = a->out + (at - a->qkv) / 3 + head * HEAD_DIM;
+        relative_terms_f32(a, queries[r], y, x, s->terms + r * stride);
+    }
+    query_scores_f32(a, s, queries);
+    float sums[F32_QUERY_ROWS];
+    for (int64_t r = 0; r < F32_QUERY_ROWS; r++) {
+        if (r < rows)
+            sums[r] = softmax_row_f32(a, s->scores + r * a->row, s->terms + r * stride);
+        else
+            memset(s->scores + r * a->row, 0, (size_t)a->padded * sizeof(float));
+    }
+    _Alignas(64) float result[F32_QUERY_ROWS][HEAD_DIM];
+    memset(result, 0, sizeof result);
+    for (int64_t start = 0; start < a->padded; start += F32_KEY_SPAN) {
+        const int64_t end = a->padded - start < F32_KEY_SPAN ? a->padded : start + F32_KEY_SPAN;
+        for (int column = 0; column < HEAD_DIM; column += F32_KEYS) {
+            for (int block = 0; block < F32_QUERY_ROWS; block += F32_ROWS) {
+                vf acc[F32_ROWS][2];  // this span's sums, added to the result after it: shorter chains of additions
+                for (int i = 0; i < F32_ROWS; i++) acc[i][0] = acc[i][1] = vf_set1(0.f);
+                const float *p = s->scores + block * a->row;
+                for (int64_t j = start; j < end; j++) {
+                    const float *value = s->values + j * HEAD_DIM + column;
+                    const vf v0 = vf_load(value), v1 = vf_load(value + VL);
+#pragma GCC unroll 6
+                    for (int i = 0; i < F32_ROWS; i++) {
+                        const vf weight = vf_set1(p[i * a->row + j]);
+                        acc[i][0] = vf_fma(weight, v0, acc[i][0]);
+                        acc[i][1] = vf_fma(weight, v1, acc[i][1]);
+                    }
+                }
+                for (int i = 0; i < F32_ROWS; i++) {
+                    float *sums = &result[block + i][column];
+                    vf_store(sums, vf_add(vf_load(sums), acc[i][0]));
+                    vf_store(sums + VL, vf_add(vf_load(sums + VL), acc[i][1]));
+                }
+            }
+        }
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        const vf inverse = vf_set1(1.0f / sums[r]);
+        for (int c = 0; c < HEAD_DIM; c += VL) vf_store(outputs[r] + c, vf_mul(vf_load(&result[r][c]), inverse));
+    }
+}
+
+static int allocate_f32(ScratchF32 *s, const AttentionF32 *a) {
+    const size_t packed = (size_t)a->padded * HEAD_DIM * sizeof(float);
+    s->keys = aligned_alloc(64, packed);
+    s->values = aligned_alloc(64, packed);
+    s->scores = aligned_alloc(64, (size_t)F32_QUERY_ROWS * a->row * sizeof(float));
+    s->terms = malloc((size_t)F32_QUERY_ROWS * (a->rh + a->rw) * sizeof(float));
+    s->packed = -1;
+    return s->keys && s->values && s->scores && s->terms;
+}
+
+static void release_f32(ScratchF32 *s) { free(s->keys), free(s->values), free(s->scores), free(s->terms); }
+
+// Which vectors the float32 attention runs on: 16 (AVX-512), 8 (AVX2), 4 (NEON) or 1 (plain C) lanes.
+int sam_attention_f32_lanes(void) { return VL; }
+
+// SAM's float32 attention of a (batch, height, width, 3, heads, head_dim) qkv map -> out (batch,
+// height, width, heads, head_dim): globally (window 0), or within window x window squares, the map
+// padded to whole windows with positions whose projections are ``bias`` (3, heads, head_dim; NULL:
+// zeros). rel_h, rel_w: get_rel_pos's (size, size, head_dim) tables for the region's height and
+// width. Scores are scaled by ``scale``. Returns 0, or -1 (head_dim other than 64, or no memory):
+// the caller then uses torch.
+int sam_attention_f32(const float *qkv, int64_t batch, int64_t height, int64_t width, int64_t heads,
+                      int64_t head_dim, int64_t window, const float *rel_h, const float *rel_w, const float *bias,
+                      float scale, float *out, int threads) {
+    if (head_dim != HEAD_DIM || height < 1 || width < 1 || window < 0) return -1;
+    const int64_t rh = window ? window : height, rw = window ? window : width;
+    const int64_t across = (width + rw - 1) / rw, regions = across * ((height + rh - 1) / rh);
+    const int64_t tokens = rh * rw, padded = (tokens + F32_KEYS - 1) / F32_KEYS * F32_KEYS;
+    const AttentionF32 a = {
+        .qkv = qkv, .bias = bias, .height = height, .width = width, .heads = heads,
+        .rh = rh, .rw = rw, .across = across, .regions = regions,
+        .tokens = tokens, .padded = padded, .row = padded + 16,
+        .rel_h = rel_h, .rel_w = rel_w, .scale = scale, .out = out,
+    };
+    const int64_t blocks = (tokens + F32_QUERY_ROWS - 1) / F32_QUERY_ROWS, items = batch * regions * heads * blocks;
+    if (threads < 1) threads = 1;
+    ScratchF32 *scratch = calloc((size_t)threads, sizeof(ScratchF32));
+    int ready = scratch != NULL;
+    for (int t = 0; ready && t < threads; t++) ready = allocate_f32(&scratch[t], &a);
+    if (ready) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t item = 0; item < items; item++) {
+#ifdef _OPENMP
+            ScratchF32 *s = &scratch[omp_get_thread_num()];
+#else
+            ScratchF32 *s = &scratch[0];
+#endif
+            const int64_t unit = item / blocks, first = item % blocks * F32_QUERY_ROWS;  // unit: (batch, region, head)
+            const int64_t head = unit % heads, region = unit / heads % regions, image = unit / heads / regions;
+            // The region's real part: a window at the map's bottom or right edge is cut by the padding.
+            const int64_t top = region / across * rh, left = region % across * rw;
+            const int64_t real_h = height - top < rh ? height - top : rh, real_w = width - left < rw ? width - left : rw;
+            const int64_t real = real_h * real_w;
+            if (first >= real) continue;
+            if (unit != s->packed) pack_head_f32(&a, s, image, region, head), s->packed = unit;
+            attend_rows_f32(&a, s, image, region, head, first,
+                            real - first < F32_QUERY_ROWS ? real - first : F32_QUERY_ROWS, real_w);
+        }
+    }
+    for (int t = 0; scratch && t < threads; t++) release_f32(&scratch[t]);
+    free(scratch);
+    return ready ? 0 : -1;
+}
