@@ -581,6 +581,12 @@ static inline void decode_wide(const uint8_t *chunk, __m256i table, __m256 out[8
 // not included. Each output keeps two sums (the chunk's even and odd vectors): a multiply-add
 // waits for the one before it on the same sum, so four outputs alone would leave half of the
 // FMA units idle.
+// Each row's chunk this many bytes ahead is asked for (a chunk spans two lines): left to the
+// hardware prefetcher, the codes' loads stalled the products, most with several sequences, whose
+// arithmetic then waited on memory instead of overlapping it (docs/benchmarks.md has the figures).
+#ifndef WIDE_AHEAD
+#define WIDE_AHEAD 1536
+#endif
 #define DEFINE_WIDE_BLOCK(NAME, ROWS, ACTS)                                                            \
     static void NAME(const Weight *w, const int64_t *rows, int64_t m0, const float *widened,            \
                      float result[ROWS][ACTS]) {                                                       \
@@ -598,6 +604,8 @@ static inline void decode_wide(const uint8_t *chunk, __m256i table, __m256 out[8
         for (int64_t c = 0; c < chunks; c++) {                                                         \
             for (int r = 0; r < ROWS; r++) {                                                           \
                 __m256 weights[8];                                                                     \
+                _mm_prefetch((const char *)codes[r] + 96 * c + WIDE_AHEAD, _MM_HINT_T0);               \
+                _mm_prefetch((const char *)codes[r] + 96 * c + WIDE_AHEAD + 64, _MM_HINT_T0);          \
                 decode_wide(codes[r] + 96 * c, table[r], weights);                                     \
                 for (int s = 0; s < ACTS; s++) {                                                       \
                     const float *x = widened + (m0 + s) * width + 64 * c;                              \
@@ -1294,37 +1302,49 @@ int kernel_mlp_step(void *hidden, int bf16, int64_t M, int64_t H, const void *no
 
 // softmax(q K^T) V per row and head over `length` cached positions (q scaled already), float32
 // out (M, heads * head_dim). The caches are (M, heads, capacity, head_dim) in `bf16`'s dtype.
+// Keys scored at once: their dot products are independent chains of multiply-adds, so that
+// one key's does not wait on the last (a single chain left the step's attention latency-bound).
+#define ATTEND_KEYS 4
+
 static void attend(const float *q, const void *keys, const void *values, int bf16, int64_t M, int64_t heads,
                    int64_t head_dim, int64_t capacity, int64_t length, float *scores, float *attended, int threads) {
     const int64_t chunks = head_dim / VL;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t task = 0; task < M * heads; task++) {  // task = row * heads + head
-        vf query[chunks], result[chunks];
-        for (int64_t c = 0; c < chunks; c++) {
-            query[c] = vf_load(q + task * head_dim + VL * c);
-            result[c] = vf_set1(0.f);
-        }
+        const float *query = q + task * head_dim;
         const int64_t base = task * capacity * head_dim;
         float *score = scores + task * length, top = -INFINITY, total = 0.f;
-        for (int64_t t = 0; t < length; t++) {
-            vf dot = vf_set1(0.f);
-            for (int64_t c = 0; c < chunks; c++) dot = vf_fma(query[c], vf_load_any(keys, base + t * head_dim + VL * c, bf16), dot);
-            score[t] = vf_sum(dot);
-            top = fmaxf(top, score[t]);
-        }
         int64_t t = 0;
-        for (; t + VL <= length; t += VL) {
+        for (; t + ATTEND_KEYS <= length; t += ATTEND_KEYS) {
+            vf dot[ATTEND_KEYS];
+            for (int u = 0; u < ATTEND_KEYS; u++) dot[u] = vf_set1(0.f);
+            for (int64_t c = 0; c < chunks; c++) {
+                const vf part = vf_load(query + VL * c);
+                for (int u = 0; u < ATTEND_KEYS; u++)
+                    dot[u] = vf_fma(part, vf_load_any(keys, base + (t + u) * head_dim + VL * c, bf16), dot[u]);
+            }
+            for (int u = 0; u < ATTEND_KEYS; u++) top = fmaxf(top, score[t + u] = vf_sum(dot[u]));
+        }
+        for (; t < length; t++) {
+            vf dot = vf_set1(0.f);
+            for (int64_t c = 0; c < chunks; c++) dot = vf_fma(vf_load(query + VL * c), vf_load_any(keys, base + t * head_dim + VL * c, bf16), dot);
+            top = fmaxf(top, score[t] = vf_sum(dot));
+        }
+        for (t = 0; t + VL <= length; t += VL) {
             const vf e = vf_exp(vf_sub(vf_load(score + t), vf_set1(top)));
             vf_store(score + t, e);
             total += vf_sum(e);
         }
         for (; t < length; t++) total += score[t] = exp_one(score[t] - top);
+        float *out = attended + task * head_dim;
+        vf result[chunks];
+        for (int64_t c = 0; c < chunks; c++) result[c] = vf_set1(0.f);
         for (t = 0; t < length; t++) {
             const vf weight = vf_set1(score[t]);
             for (int64_t c = 0; c < chunks; c++)
                 result[c] = vf_fma(weight, vf_load_any(values, base + t * head_dim + VL * c, bf16), result[c]);
         }
-        for (int64_t c = 0; c < chunks; c++) vf_store(attended + task * head_dim + VL * c, vf_div(result[c], vf_set1(total)));
+        for (int64_t c = 0; c < chunks; c++) vf_store(out + VL * c, vf_div(result[c], vf_set1(total)));
     }
 }
 
