@@ -112,6 +112,7 @@ class CpuKernel:
         self._bind("kernel_use_amx", None, [_I32])
         self._bind("sam_attention", _I32, [_POINTER, _I64, _I64, _I64, _I64, _POINTER, _POINTER, _I64, _I64, _F32,
                                            _POINTER, _I32])  # fmt: skip
+        self._bind("bias_gelu_f32", None, [_POINTER, _POINTER, _I64, _I64, _I32])
         self._bind("sam_attention_f32", _I32, [_POINTER, _I64, _I64, _I64, _I64, _I64, _I64, _POINTER, _POINTER,
                                                _POINTER, _F32, _POINTER, _I32])  # fmt: skip
         features = library.kernel_features()
@@ -271,6 +272,16 @@ class CpuKernel:
             bias.data_ptr() if bias is not None else None, head_dim**-0.5, out.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return status == 0
+
+    def bias_gelu_(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``x = F.gelu(x + bias)`` in place (the exact, erf GELU, to float32's precision) on a
+        contiguous float32 (..., C) ``x`` and (C,) ``bias``, in one pass."""
+        if x.dtype != torch.float32 or bias.dtype != torch.float32 or not (x.is_contiguous() and bias.is_contiguous()):
+            raise ValueError("bias_gelu_ takes contiguous float32 tensors")
+        if bias.shape != (x.shape[-1],):
+            raise ValueError(f"bias of shape {tuple(bias.shape)} for rows of {x.shape[-1]}")
+        self._bias_gelu_f32(x.data_ptr(), bias.data_ptr(), x.numel() // x.shape[-1], x.shape[-1], torch.get_num_threads())
+        return x
 
     def int4_dequantize(self, packed: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
         """The (N, K) bfloat16 weight of an int4 one."""

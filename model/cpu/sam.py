@@ -177,11 +177,28 @@ class CpuSamAttention(CpuVariant, SamAttention):
 
 
 class CpuSamMlp(CpuVariant, SamMlp):
-    """SAM's MLP on oneDNN's fused linear, the GELU fused into lin1."""
+    """SAM's MLP with lin1's bias and GELU fused: on oneDNN's fused linear in bfloat16, in
+    docconv's kernel after torch's bias-free product in float32 (one pass over lin1's output
+    instead of addmm's bias write and F.gelu's pass)."""
 
     @classmethod
     def applies(cls, module: nn.Module) -> str | None:
-        return "SAM MLP on oneDNN, GELU fused" if _bfloat16_on_cpu(module.lin1) and onednn_linear() is not None else None
+        if _bfloat16_on_cpu(module.lin1) and onednn_linear() is not None:
+            return "SAM MLP on oneDNN, GELU fused"
+        if _float32_gelu_in_kernel(module.lin1):
+            return f"SAM MLP's bias and GELU fused in float32 on {library.load().float32_attention}"
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and _float32_gelu_in_kernel(self.lin1) and not x.requires_grad:
+            hidden = torch.matmul(x, self.lin1.weight.t())  # no bias: the kernel adds it with the GELU
+            return self.lin2(library.load().bias_gelu_(hidden, self.lin1.bias))
         return linear(self.lin2, linear(self.lin1, x, gelu=True))
+
+
+def _float32_gelu_in_kernel(layer: nn.Linear) -> bool:
+    """Whether a float32 linear's bias and GELU can run in the kernel: on vectors (not the portable variant)."""
+    if layer.weight.device.type != "cpu" or layer.weight.dtype != torch.float32 or layer.bias is None:
+        return False
+    kernel = library.load()
+    return kernel is not None and kernel.float32_attention is not None

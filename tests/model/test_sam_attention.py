@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from deepseek_ocr.configuration import SamConfig
 from deepseek_ocr.cpu import library
 from deepseek_ocr.cpu.dispatch import attach_fast_paths
-from deepseek_ocr.cpu.sam import CpuSamAttention
-from deepseek_ocr.sam import SamAttention, window_partition, window_unpartition
+from deepseek_ocr.cpu.sam import CpuSamAttention, CpuSamMlp
+from deepseek_ocr.sam import SamAttention, SamMlp, window_partition, window_unpartition
 
 
 @pytest.fixture
@@ -221,3 +221,32 @@ def test_float32_windows_in_the_kernel_follow_sams_own_order(float32_kernel, bat
         assert attention._attend_float32(attention.qkv(x), window) is not None
         ours = attention(x, window)
     assert (ours.double() - official).abs().max() <= 1e-5 * official.abs().max()
+
+
+# ---- the float32 MLP's bias and GELU ---------------------------------------------------------
+
+
+def test_float32_bias_and_gelu_in_the_kernel_are_torchs_to_float32_precision(float32_kernel):
+    x = torch.cat([torch.randn(64, 96) * 4, torch.linspace(-100, 100, 96)[None], torch.zeros(1, 96)])
+    bias = torch.randn(96)
+    exact = F.gelu(x.double() + bias.double())
+    fused = float32_kernel.bias_gelu_(x.clone(), bias)
+    torch_error = (F.gelu(x + bias).double() - exact).abs().max()
+    # erfc's fit is good to 1.2e-7 relative: a few float32 ulps, as torch's own erf
+    assert (fused.double() - exact).abs().max() <= max(4 * torch_error, 1e-6)
+    with pytest.raises(ValueError):
+        float32_kernel.bias_gelu_(x.clone(), bias[:-1])
+
+
+def test_float32_mlp_fuses_lin1s_bias_and_gelu(float32_kernel):
+    torch.manual_seed(0)
+    mlp = SamMlp(SamConfig(width=64, heads=1))
+    assert attach_fast_paths(mlp) == [f"SAM MLP's bias and GELU fused in float32 on {float32_kernel.float32_attention}"]
+    x = torch.randn(2, 5, 7, 64)
+    with torch.inference_mode():
+        exact = copy.deepcopy(mlp).double()
+        exact.__class__ = SamMlp
+        reference = exact(x.double())
+        ours = mlp(x)
+    assert isinstance(mlp, CpuSamMlp)
+    assert (ours.double() - reference).abs().max() <= 1e-5 * reference.abs().max()
