@@ -399,10 +399,15 @@ static void query_scores_f32(const AttentionF32 *a, ScratchF32 *s, const float q
 
 // The relative-position terms of a query at (y, x) in its region: terms[ky] = q . Rh[y, ky],
 // terms[rh + kx] = q . Rw[x, kx].
+static inline float dot_head(const float *a, const float *b) {  // HEAD_DIM is a multiple of every VL
+    vf acc = vf_set1(0.f);
+    for (int c = 0; c < HEAD_DIM; c += VL) acc = vf_fma(vf_load(a + c), vf_load(b + c), acc);
+    return vf_sum(acc);
+}
+
 static void relative_terms_f32(const AttentionF32 *a, const float *q, int64_t y, int64_t x, float *terms) {
-    for (int64_t ky = 0; ky < a->rh; ky++) terms[ky] = dot_floats(q, a->rel_h + (y * a->rh + ky) * HEAD_DIM, HEAD_DIM);
-    for (int64_t kx = 0; kx < a->rw; kx++)
-        terms[a->rh + kx] = dot_floats(q, a->rel_w + (x * a->rw + kx) * HEAD_DIM, HEAD_DIM);
+    for (int64_t ky = 0; ky < a->rh; ky++) terms[ky] = dot_head(q, a->rel_h + (y * a->rh + ky) * HEAD_DIM);
+    for (int64_t kx = 0; kx < a->rw; kx++) terms[a->rh + kx] = dot_head(q, a->rel_w + (x * a->rw + kx) * HEAD_DIM);
 }
 
 // A row of scores -> its probabilities exp(s - max), zero past the tokens; returns their sum.

@@ -599,7 +599,8 @@ static inline void decode_wide(const uint8_t *chunk, __m256i table, __m256 out[8
         for (int r = 0; r < ROWS; r++) {                                                               \
             codes[r] = w->data + rows[r] * stride;                                                     \
             table[r] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tables + rows[r] * 16))); \
-            for (int s = 0; s < ACTS; s++) acc[r][s][0] = acc[r][s][SUMS - 1] = _mm256_setzero_ps();    \
+            for (int s = 0; s < ACTS; s++)                                                             \
+                for (int u = 0; u < SUMS; u++) acc[r][s][u] = _mm256_setzero_ps();                     \
         }                                                                                              \
         for (int64_t c = 0; c < chunks; c++) {                                                         \
             for (int r = 0; r < ROWS; r++) {                                                           \
