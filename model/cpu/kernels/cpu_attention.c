@@ -578,48 +578,15 @@ int sam_attention_f32(const float *qkv, int64_t batch, int64_t height, int64_t w
 static const float erfc_fit[10] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
                                    -0.18628806f, 0.09678418f,  0.37409196f, 1.00002368f, -1.26551223f};
 
-static inline float gelu_one(float x) {
-    const float a = fabsf(x) * 0.70710678118654752f, t = 1.0f / (1.0f + 0.5f * a);
-    float p = erfc_fit[0];
-    for (int k = 1; k < 10; k++) p = fmaf(p, t, erfc_fit[k]);
-    const float half_erfc = 0.5f * t * exp_one(p - a * a);
-    return x >= 0.f ? x - x * half_erfc : x * half_erfc;
-}
-
-#if HAVE_AVX2 && !HAVE_AVX512
 static inline vf gelu_vf(vf x) {
-    const vf a = vf_mul(_mm256_andnot_ps(vf_set1(-0.f), x), vf_set1(0.70710678118654752f));
+    const vf a = vf_mul(vf_abs(x), vf_set1(0.70710678118654752f));
     const vf t = vf_div(vf_set1(1.f), vf_fma(a, vf_set1(0.5f), vf_set1(1.f)));
     vf p = vf_set1(erfc_fit[0]);
     for (int k = 1; k < 10; k++) p = vf_fma(p, t, vf_set1(erfc_fit[k]));
     const vf half_erfc = vf_mul(vf_mul(vf_set1(0.5f), t), vf_exp(vf_sub(p, vf_mul(a, a))));
     const vf product = vf_mul(x, half_erfc);
-    return _mm256_blendv_ps(vf_sub(x, product), product, x);  // x's sign bit picks x * half_erfc
+    return vf_where_negative(x, product, vf_sub(x, product));
 }
-#elif HAVE_AVX512
-static inline vf gelu_vf(vf x) {
-    const vf a = vf_mul(_mm512_abs_ps(x), vf_set1(0.70710678118654752f));
-    const vf t = vf_div(vf_set1(1.f), vf_fma(a, vf_set1(0.5f), vf_set1(1.f)));
-    vf p = vf_set1(erfc_fit[0]);
-    for (int k = 1; k < 10; k++) p = vf_fma(p, t, vf_set1(erfc_fit[k]));
-    const vf half_erfc = vf_mul(vf_mul(vf_set1(0.5f), t), vf_exp(vf_sub(p, vf_mul(a, a))));
-    const vf product = vf_mul(x, half_erfc);
-    const __mmask16 negative = _mm512_cmp_ps_mask(x, vf_set1(0.f), _CMP_LT_OQ);
-    return _mm512_mask_blend_ps(negative, vf_sub(x, product), product);
-}
-#elif HAVE_NEON
-static inline vf gelu_vf(vf x) {
-    const vf a = vf_mul(vabsq_f32(x), vf_set1(0.70710678118654752f));
-    const vf t = vf_div(vf_set1(1.f), vf_fma(a, vf_set1(0.5f), vf_set1(1.f)));
-    vf p = vf_set1(erfc_fit[0]);
-    for (int k = 1; k < 10; k++) p = vf_fma(p, t, vf_set1(erfc_fit[k]));
-    const vf half_erfc = vf_mul(vf_mul(vf_set1(0.5f), t), vf_exp(vf_sub(p, vf_mul(a, a))));
-    const vf product = vf_mul(x, half_erfc);
-    return vbslq_f32(vcltq_f32(x, vf_set1(0.f)), product, vf_sub(x, product));
-}
-#else
-static inline vf gelu_vf(vf x) { return gelu_one(x); }
-#endif
 
 void bias_gelu_f32(float *x, const float *bias, int64_t rows, int64_t columns, int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -627,6 +594,11 @@ void bias_gelu_f32(float *x, const float *bias, int64_t rows, int64_t columns, i
         float *row = x + r * columns;
         int64_t c = 0;
         for (; c + VL <= columns; c += VL) vf_store(row + c, gelu_vf(vf_add(vf_load(row + c), vf_load(bias + c))));
-        for (; c < columns; c++) row[c] = gelu_one(row[c] + bias[c]);
+        if (c < columns) {  // the tail, through one vector's worth of scratch
+            float tail[VL] = {0};
+            for (int64_t i = c; i < columns; i++) tail[i - c] = row[i] + bias[i];
+            vf_store(tail, gelu_vf(vf_load(tail)));
+            memcpy(row + c, tail, (size_t)(columns - c) * sizeof(float));
+        }
     }
 }

@@ -74,6 +74,11 @@ static inline vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
 static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf vf_abs(vf a) { return _mm512_abs_ps(a); }
+// Lanes where x is negative from a, the others from b.
+static inline vf vf_where_negative(vf x, vf a, vf b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, vf_set1(0.f), _CMP_LT_OQ), b, a);
+}
 static inline float vf_hmax(vf v) { return _mm512_reduce_max_ps(v); }
 static inline float vf_sum(vf v) { return _mm512_reduce_add_ps(v); }
 static inline vf vf_load_bf16(const uint16_t *p) {
@@ -100,6 +105,8 @@ static inline vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
 static inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vf vf_abs(vf a) { return _mm256_andnot_ps(vf_set1(-0.f), a); }
+static inline vf vf_where_negative(vf x, vf a, vf b) { return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, vf_set1(0.f), _CMP_LT_OQ)); }
 static inline float vf_hmax(vf v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -131,6 +138,8 @@ static inline vf vf_sub(vf a, vf b) { return vsubq_f32(a, b); }
 static inline vf vf_mul(vf a, vf b) { return vmulq_f32(a, b); }
 static inline vf vf_div(vf a, vf b) { return vdivq_f32(a, b); }
 static inline vf vf_max(vf a, vf b) { return vmaxq_f32(a, b); }
+static inline vf vf_abs(vf a) { return vabsq_f32(a); }
+static inline vf vf_where_negative(vf x, vf a, vf b) { return vbslq_f32(vcltq_f32(x, vf_set1(0.f)), a, b); }
 static inline float vf_hmax(vf v) { return vmaxvq_f32(v); }
 static inline float vf_sum(vf v) { return vaddvq_f32(v); }
 static inline vf vf_load_bf16(const uint16_t *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
@@ -156,6 +165,8 @@ static inline vf vf_sub(vf a, vf b) { return a - b; }
 static inline vf vf_mul(vf a, vf b) { return a * b; }
 static inline vf vf_div(vf a, vf b) { return a / b; }
 static inline vf vf_max(vf a, vf b) { return fmaxf(a, b); }
+static inline vf vf_abs(vf a) { return fabsf(a); }
+static inline vf vf_where_negative(vf x, vf a, vf b) { return x < 0.f ? a : b; }
 static inline float vf_hmax(vf v) { return v; }
 static inline float vf_sum(vf v) { return v; }
 static inline vf vf_load_bf16(const uint16_t *p) { return bf16_to_float(*p); }
