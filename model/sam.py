@@ -157,8 +157,7 @@ def in_windows(
     if not window:
         return attend(qkv)
     size = (qkv.shape[1], qkv.shape[2])
-    fill = qkv_bias if qkv_bias is not None else qkv.new_zeros(qkv.shape[-1])
-    windows, padded = window_partition(qkv, window, fill)
+    windows, padded = window_partition(qkv, window, fill=qkv_bias)  # no bias: zeros
     return window_unpartition(attend(windows), window, padded, size)
 
 

@@ -92,8 +92,8 @@ _X86_NEEDS = {
 #: The vector instruction set each variant's products use where AVX-512's are not there.
 _VECTOR_ISA = {"amx": "AVX2", "avx512": "AVX2", "avx2": "AVX2", "neon": "NEON"}
 
-#: The vectors SAM's float32 attention runs on, per variant (it takes the widest the build has).
-_ATTENTION_ISA = {"amx": "AVX-512", "avx512": "AVX-512", "avx2": "AVX2", "neon": "NEON"}
+#: The vectors the float32 vision routines run on, per variant (they take the widest the build has).
+_FLOAT32_ISA = {"amx": "AVX-512", "avx512": "AVX-512", "avx2": "AVX2", "neon": "NEON"}
 
 #: kernel_variant()'s numbers.
 _VARIANT_NUMBERS = {4: "amx", 3: "avx512", 2: "avx2", 1: "neon", 0: "portable"}
@@ -127,9 +127,9 @@ class CpuKernel:
         self.bf16_dot = bool(features & 8)
         #: The instruction set of the vector products: what ``docconv doctor`` names.
         self.int4_isa = "AVX-512 VNNI" if features & 16 else _VECTOR_ISA.get(self.variant, "")
-        #: SAM's float32 attention on vectors (every variant but portable, whose plain loops torch's
-        #: vectorised SDPA outruns): the instruction set it runs on, else None.
-        self.float32_attention = _ATTENTION_ISA.get(self.variant)
+        #: The vectors of the kernel's float32 vision routines (SAM's attention, its MLP's bias and
+        #: GELU): every variant's but portable's, whose plain loops torch's vectorised ones outrun; else None.
+        self.float32_isa = _FLOAT32_ISA.get(self.variant)
         self.use_amx(os.environ.get(AMX_SWITCH, "1") != "0")
         self._bind("kernel_linear", _I32, [_POINTER, _I32, _I64, _POINTER, _POINTER, _I32, _I32, _I32])
         self._bind("kernel_linear_many", _I32, [_POINTER, _I32, _I32, _I32, _I32])
@@ -253,7 +253,7 @@ class CpuKernel:
         bias: torch.Tensor | None, out: torch.Tensor,
     ) -> bool:  # fmt: skip
         """SAM's float32 attention over (b, h, w) maps, on the variant's vectors (where
-        :attr:`float32_attention`), relative-position terms and windows included; False if refused.
+        :attr:`float32_isa`), relative-position terms and windows included; False if refused.
 
         ``qkv``: the qkv projection's contiguous (b, h, w, 3 * width) output; ``window``: 0 for
         attention over the whole map, else within window x window squares of the map padded to
@@ -263,7 +263,7 @@ class CpuKernel:
         head_dim ** -0.5.
         """
         tensors = (qkv, rel_h, rel_w, out) if bias is None else (qkv, rel_h, rel_w, out, bias)
-        if self.float32_attention is None or any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
+        if self.float32_isa is None or any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
             return False
         b, h, w, width = out.shape
         head_dim = width // heads
@@ -352,7 +352,7 @@ def describe() -> str:
         bf16 = "bfloat16 exponent-coded on AVX512-BF16" + (", batches on AMX" if kernel.amx_bf16 else "")
     else:
         bf16 = f"bfloat16 exponent-coded, widened to float32 on {_VECTOR_ISA[kernel.variant]}"
-    sam = ["bfloat16 on AMX" if kernel.amx_attention else "", f"float32 on {kernel.float32_attention}" if kernel.float32_attention else ""]  # fmt: skip
+    sam = ["bfloat16 on AMX" if kernel.amx_attention else "", f"float32 on {kernel.float32_isa}" if kernel.float32_isa else ""]  # fmt: skip
     attention = f"; SAM attention {' and '.join(filter(None, sam))}" if any(sam) else ""
     return f"built, variant {kernel.variant} ({why}); {int4}; {bf16}{attention} ({kernel.library._name})"
 

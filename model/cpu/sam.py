@@ -127,7 +127,7 @@ class CpuSamAttention(CpuVariant, SamAttention):
         kernel = library.load()
         in_kernel = kernel is not None and module.head_dim == KERNEL_HEAD_DIM
         if weight.dtype == torch.float32:
-            on = kernel.float32_attention if in_kernel else None
+            on = kernel.float32_isa if in_kernel else None
             return f"SAM attention in float32 on {on}" if on else None
         uses = [
             "attention on AMX" if in_kernel and kernel.amx_attention else "",
@@ -148,7 +148,7 @@ class CpuSamAttention(CpuVariant, SamAttention):
         if qkv.dtype != torch.float32 or qkv.device.type != "cpu" or qkv.requires_grad:
             return None
         kernel = library.load()
-        if kernel is None or kernel.float32_attention is None:
+        if kernel is None or kernel.float32_isa is None:
             return None
         b, h, w, width = qkv.shape[0], qkv.shape[1], qkv.shape[2], qkv.shape[3] // 3
         size_h, size_w = (window, window) if window else (h, w)
@@ -186,7 +186,7 @@ class CpuSamMlp(CpuVariant, SamMlp):
         if _bfloat16_on_cpu(module.lin1) and onednn_linear() is not None:
             return "SAM MLP on oneDNN, GELU fused"
         if _float32_gelu_in_kernel(module.lin1):
-            return f"SAM MLP's bias and GELU fused in float32 on {library.load().float32_attention}"
+            return f"SAM MLP's bias and GELU fused in float32 on {library.load().float32_isa}"
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,4 +201,4 @@ def _float32_gelu_in_kernel(layer: nn.Linear) -> bool:
     if layer.weight.device.type != "cpu" or layer.weight.dtype != torch.float32 or layer.bias is None:
         return False
     kernel = library.load()
-    return kernel is not None and kernel.float32_attention is not None
+    return kernel is not None and kernel.float32_isa is not None

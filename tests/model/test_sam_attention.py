@@ -108,7 +108,7 @@ def test_head_dims_other_than_64_stay_on_torch(kernel):
 @pytest.fixture
 def float32_kernel():
     kernel = library.load()
-    if kernel is None or kernel.float32_attention is None:
+    if kernel is None or kernel.float32_isa is None:
         pytest.skip("the kernel's portable variant (or no kernel): SAM's float32 attention stays on torch")
     return kernel
 
@@ -126,8 +126,8 @@ def test_float32_attention_is_attached_exactly_where_the_kernel_has_vectors():
     kernel = library.load()
     attached = attach_fast_paths(float32_module(heads=2, size=8, seed=0))
     if kernel is not None and kernel.variant != "portable":
-        assert attached == [f"SAM attention in float32 on {kernel.float32_attention}"]
-        assert kernel.float32_attention in ("AVX2", "AVX-512", "NEON")
+        assert attached == [f"SAM attention in float32 on {kernel.float32_isa}"]
+        assert kernel.float32_isa in ("AVX2", "AVX-512", "NEON")
     else:
         assert attached == []
 
@@ -241,7 +241,7 @@ def test_float32_bias_and_gelu_in_the_kernel_are_torchs_to_float32_precision(flo
 def test_float32_mlp_fuses_lin1s_bias_and_gelu(float32_kernel):
     torch.manual_seed(0)
     mlp = SamMlp(SamConfig(width=64, heads=1))
-    assert attach_fast_paths(mlp) == [f"SAM MLP's bias and GELU fused in float32 on {float32_kernel.float32_attention}"]
+    assert attach_fast_paths(mlp) == [f"SAM MLP's bias and GELU fused in float32 on {float32_kernel.float32_isa}"]
     x = torch.randn(2, 5, 7, 64)
     with torch.inference_mode():
         exact = copy.deepcopy(mlp).double()
